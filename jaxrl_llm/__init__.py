@@ -1,0 +1,1 @@
+"""jaxrl_llm: JAX-native reinforcement learning and preference optimisation of language models."""

@@ -1,0 +1,1 @@
+"""Transformer models (policy, value, reward heads) and Hugging Face interop."""

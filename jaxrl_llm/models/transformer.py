@@ -1,0 +1,404 @@
+"""Decoder-only transformer (Llama / Qwen2 / Qwen3 family) in Flax linen, with three heads.
+
+Shapes: B batch, S sequence, D d_model, H query heads, K key/value heads, R = H // K,
+Dh head_dim, F mlp_dim, V vocab. Every parameter carries logical axis names
+('vocab', 'embed', 'heads', 'kv_heads', 'head_dim', 'mlp') that `jaxrl_llm.sharding` maps onto
+the ('data', 'fsdp', 'tensor') mesh.
+
+Two attention paths share the same weights:
+  * full causal self-attention over a padded [B, S] batch (training, scoring, prefill);
+  * cached decoding against a `KVCache` whose prompt part is stored once per prompt and
+    shared by the G samples of that prompt (group sampling never copies the prompt cache).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxrl_llm.models.config import TransformerConfig
+
+Array = jax.Array
+_NEG_INF = -1e30  # finite, so fully-masked rows give a uniform (ignored) distribution, not NaN
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure pieces
+# ---------------------------------------------------------------------------------------------
+
+
+def rope_inverse_frequencies(config: TransformerConfig) -> np.ndarray:
+    """Per-pair RoPE inverse frequencies, [Dh/2], float64 numpy (a compile-time constant).
+
+    default: inv_freq_i = theta^(-2i/Dh)                      (Su et al. 2021, arXiv 2104.09864)
+    linear:  inv_freq_i / factor                              (position interpolation)
+    llama3:  long wavelengths (> original_max / low_freq_factor) divided by factor, short ones
+             (< original_max / high_freq_factor) kept, smooth interpolation in between (Llama 3.1).
+    """
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    if config.rope_type == "linear":
+        return inv_freq / config.rope_factor
+    if config.rope_type == "llama3":
+        factor, low, high = config.rope_factor, config.rope_low_freq_factor, config.rope_high_freq_factor
+        old_len = config.rope_original_max_positions
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return np.where(is_medium, smoothed, scaled)
+    return inv_freq
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
+    """Rotary embedding in the Hugging Face 'rotate_half' layout.
+
+    x: [B, S, N, Dh]; positions: [B, S] int. Returns x * cos + rotate_half(x) * sin with
+    angles positions * inv_freq computed in float32, where rotate_half([a, b]) = [-b, a].
+    """
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)  # [B,S,Dh/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    xf = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+    return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+def positions_from_mask(mask: Array) -> Array:
+    """Token positions for a left- or right-padded batch: cumsum(mask) - 1, clipped at 0. [B, S]."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def last_token_index(mask: Array) -> Array:
+    """Index of the last non-pad token of each row of a [B, S] mask (any padding side). [B]."""
+    seq_len = mask.shape[-1]
+    return seq_len - 1 - jnp.argmax(mask[:, ::-1].astype(jnp.int32), axis=-1)
+
+
+def _softmax_attention(scores: Array, mask: Array, values_fn):
+    """Masked softmax in float32 followed by `values_fn(probs)`."""
+    scores = jnp.where(mask, scores.astype(jnp.float32), _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1)
+    return values_fn(probs)
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache
+# ---------------------------------------------------------------------------------------------
+
+
+@struct.dataclass
+class KVCache:
+    """Decoding cache with a prompt part shared by the G samples of each prompt.
+
+    prefix_k, prefix_v: per layer [B, P, K, Dh]: keys/values of the B prompts (one copy each).
+    prefix_mask: [B, P] bool, True on real prompt tokens.
+    k, v: per layer [B, G, T, K, Dh]: keys/values of generated tokens, per sample.
+    index: int32 scalar, number of generated positions already written (all rows in lockstep).
+    """
+
+    prefix_k: tuple
+    prefix_v: tuple
+    prefix_mask: Array
+    k: tuple
+    v: tuple
+    index: Array
+
+    @property
+    def num_samples(self) -> int:
+        return self.k[0].shape[1]
+
+
+def init_cache(prefix_kv, prefix_mask: Array, num_samples: int, max_len: int) -> KVCache:
+    """Empty generation cache of length `max_len` behind the prefilled prompts.
+
+    prefix_kv: per layer (k, v) with k, v [B, P, K, Dh], as returned by `CausalLM.prefill`.
+    """
+    batch = prefix_mask.shape[0]
+    empty = []
+    for k, _ in prefix_kv:
+        empty.append(jnp.zeros((batch, num_samples, max_len) + k.shape[2:], k.dtype))
+    return KVCache(
+        prefix_k=tuple(k for k, _ in prefix_kv),
+        prefix_v=tuple(v for _, v in prefix_kv),
+        prefix_mask=prefix_mask.astype(bool),
+        k=tuple(empty),
+        v=tuple(jnp.zeros_like(e) for e in empty),
+        index=jnp.zeros((), jnp.int32),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------------------------
+
+
+def _param(module: nn.Module, name: str, shape, axes, config: TransformerConfig, init=None):
+    init = init or nn.initializers.normal(stddev=config.init_std)
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(config.param_dtype))
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * scale, computed in float32 (Zhang & Sennrich 2019)."""
+
+    config: TransformerConfig
+    dim: int
+    axis_name: str = "embed"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = _param(self, "scale", (self.dim,), (self.axis_name,), self.config, nn.initializers.ones)
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.config.rms_norm_eps)
+        return (xf.astype(x.dtype) * scale.astype(x.dtype)).astype(jnp.dtype(self.config.dtype))
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with RoPE, optional q/k/v bias (Qwen2) and q/k RMSNorm (Qwen3)."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache: Optional[tuple] = None):
+        """x: [N, S, D]; positions: [N, S].
+
+        Without cache: full causal attention, mask [N, S] marks real tokens; returns
+        (out [N, S, D], (k, v)) with k, v [N, S, K, Dh] for prefilling.
+        With cache = (prefix_k, prefix_v, prefix_mask, k, v, index) of one layer (see KVCache)
+        and N = B * G: writes the S new keys/values at `index` and attends to the shared prompt
+        plus the generated tokens so far; returns (out, (k, v)) with the updated generated part.
+        """
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        h, kh, dh, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_model
+        wq = _param(self, "q_proj", (d, h, dh), ("embed", "heads", "head_dim"), cfg)
+        wk = _param(self, "k_proj", (d, kh, dh), ("embed", "kv_heads", "head_dim"), cfg)
+        wv = _param(self, "v_proj", (d, kh, dh), ("embed", "kv_heads", "head_dim"), cfg)
+        wo = _param(self, "o_proj", (h, dh, d), ("heads", "head_dim", "embed"), cfg)
+        x = x.astype(dtype)
+        q = jnp.einsum("nsd,dhe->nshe", x, wq.astype(dtype))
+        k = jnp.einsum("nsd,dhe->nshe", x, wk.astype(dtype))
+        v = jnp.einsum("nsd,dhe->nshe", x, wv.astype(dtype))
+        if cfg.qkv_bias:
+            zeros = nn.initializers.zeros
+            q = q + _param(self, "q_bias", (h, dh), ("heads", "head_dim"), cfg, zeros).astype(dtype)
+            k = k + _param(self, "k_bias", (kh, dh), ("kv_heads", "head_dim"), cfg, zeros).astype(dtype)
+            v = v + _param(self, "v_bias", (kh, dh), ("kv_heads", "head_dim"), cfg, zeros).astype(dtype)
+        if cfg.qk_norm:
+            q = RMSNorm(cfg, dh, "head_dim", name="q_norm")(q)
+            k = RMSNorm(cfg, dh, "head_dim", name="k_norm")(k)
+        inv_freq = rope_inverse_frequencies(cfg)
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        q = q * jnp.asarray(1.0 / math.sqrt(dh), dtype)
+        n, s = x.shape[:2]
+        q = q.reshape(n, s, kh, h // kh, dh)
+
+        if cache is None:
+            causal = jnp.tril(jnp.ones((s, s), bool))
+            full_mask = causal[None, None, None] & mask.astype(bool)[:, None, None, None, :]
+            scores = jnp.einsum("nskrd,ntkd->nkrst", q, k)
+            out = _softmax_attention(
+                scores, full_mask, lambda p: jnp.einsum("nkrst,ntkd->nskrd", p.astype(dtype), v)
+            )
+            new_kv = (k, v)
+        else:
+            prefix_k, prefix_v, prefix_mask, cache_k, cache_v, index = cache
+            b, g, t = cache_k.shape[:3]
+            qg = q.reshape(b, g, s, kh, h // kh, dh)
+            cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.reshape(b, g, s, kh, dh), index, axis=2)
+            cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.reshape(b, g, s, kh, dh), index, axis=2)
+            p_len = prefix_k.shape[1]
+            scores_p = jnp.einsum("bgskrd,bpkd->bgkrsp", qg, prefix_k)
+            scores_g = jnp.einsum("bgskrd,bgtkd->bgkrst", qg, cache_k)
+            query_pos = index + jnp.arange(s)
+            gen_mask = jnp.arange(t)[None, :] <= query_pos[:, None]  # [S, T]
+            mask_all = jnp.concatenate(
+                [
+                    jnp.broadcast_to(prefix_mask[:, None, None, None, None, :], (b, g, kh, h // kh, s, p_len)),
+                    jnp.broadcast_to(gen_mask, (b, g, kh, h // kh, s, t)),
+                ],
+                axis=-1,
+            )
+
+            def values_fn(p):
+                p = p.astype(dtype)
+                return jnp.einsum("bgkrsp,bpkd->bgskrd", p[..., :p_len], prefix_v) + jnp.einsum(
+                    "bgkrst,bgtkd->bgskrd", p[..., p_len:], cache_v
+                )
+
+            out = _softmax_attention(jnp.concatenate([scores_p, scores_g], -1), mask_all, values_fn)
+            new_kv = (cache_k, cache_v)
+        out = out.reshape(n, s, h, dh)
+        return jnp.einsum("nshe,hed->nsd", out, wo.astype(dtype)), new_kv
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(x @ gate) * (x @ up)) (Shazeer 2020, arXiv 2002.05202)."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        gate = _param(self, "gate_proj", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), cfg)
+        up = _param(self, "up_proj", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), cfg)
+        down = _param(self, "down_proj", (cfg.mlp_dim, cfg.d_model), ("mlp", "embed"), cfg)
+        x = x.astype(dtype)
+        hidden = jax.nn.silu(x @ gate.astype(dtype)) * (x @ up.astype(dtype))
+        hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
+        return hidden @ down.astype(dtype)
+
+
+class Block(nn.Module):
+    """Pre-norm decoder block: x += attn(norm(x)); x += mlp(norm(x))."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache=None):
+        cfg = self.config
+        attn_out, kv = Attention(cfg, name="attn")(
+            RMSNorm(cfg, cfg.d_model, name="attn_norm")(x), positions, mask, cache
+        )
+        x = x + attn_out
+        x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, cfg.d_model, name="mlp_norm")(x))
+        return nn.with_logical_constraint(x, ("batch", "length", "embed")), kv
+
+
+class Transformer(nn.Module):
+    """Token embedding, L blocks, final RMSNorm. The shared trunk of every head."""
+
+    config: TransformerConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embed = _param(self, "embed", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg)
+        self.layers = [Block(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+        self.final_norm = RMSNorm(cfg, cfg.d_model)
+
+    def __call__(self, tokens, positions, mask):
+        """tokens, positions, mask: [B, S]. Returns (hidden [B, S, D], per-layer (k, v))."""
+        x = jnp.take(self.embed, tokens, axis=0).astype(jnp.dtype(self.config.dtype))
+        kvs = []
+        for layer in self.layers:
+            x, kv = layer(x, positions, mask)
+            kvs.append(kv)
+        return self.final_norm(x), tuple(kvs)
+
+    def decode(self, tokens, positions, cache: KVCache):
+        """tokens, positions: [B * G, S] new tokens. Returns (hidden [B*G, S, D], new cache)."""
+        x = jnp.take(self.embed, tokens, axis=0).astype(jnp.dtype(self.config.dtype))
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            layer_cache = (cache.prefix_k[i], cache.prefix_v[i], cache.prefix_mask, cache.k[i], cache.v[i], cache.index)
+            x, (k, v) = layer(x, positions, None, layer_cache)
+            new_k.append(k)
+            new_v.append(v)
+        cache = cache.replace(k=tuple(new_k), v=tuple(new_v), index=cache.index + tokens.shape[1])
+        return self.final_norm(x), cache
+
+    def embedding(self):
+        return self.embed
+
+
+class CausalLM(nn.Module):
+    """Policy: trunk + LM head (tied to the embedding when config.tie_embeddings)."""
+
+    config: TransformerConfig
+
+    def setup(self):
+        cfg = self.config
+        self.trunk = Transformer(cfg)
+        if not cfg.tie_embeddings:
+            self.lm_head = _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg)
+
+    def logits(self, hidden):
+        """hidden [..., D] -> logits [..., V] in float32."""
+        dtype = jnp.dtype(self.config.dtype)
+        if self.config.tie_embeddings:
+            head = self.trunk.embedding().astype(dtype).T
+        else:
+            head = self.lm_head.astype(dtype)
+        logits = jnp.einsum("...d,dv->...v", hidden.astype(dtype), head)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+
+    def __call__(self, tokens, mask, positions=None):
+        """Full forward. tokens, mask: [B, S]; positions default to cumsum(mask) - 1. -> [B, S, V]."""
+        positions = positions_from_mask(mask) if positions is None else positions
+        hidden, _ = self.trunk(tokens, positions, mask)
+        return self.logits(hidden)
+
+    def prefill(self, tokens, mask):
+        """Prompts [B, P] (left-padded) -> (logits of the last position [B, V], per-layer (k, v)).
+
+        Only the last position goes through the LM head: prefill never builds [B, P, V].
+        """
+        hidden, kvs = self.trunk(tokens, positions_from_mask(mask), mask)
+        return self.logits(hidden[:, -1]), kvs
+
+    def decode(self, tokens, positions, cache: KVCache):
+        """New tokens [B*G, S] at `positions` -> (logits [B*G, S, V], updated cache)."""
+        hidden, cache = self.trunk.decode(tokens, positions, cache)
+        return self.logits(hidden), cache
+
+
+class ValueModel(nn.Module):
+    """Critic: trunk + per-token scalar head. (tokens, mask) [B, S] -> values [B, S] float32."""
+
+    config: TransformerConfig
+
+    def setup(self):
+        self.trunk = Transformer(self.config)
+        self.score = _param(self, "score", (self.config.d_model, 1), ("embed", None), self.config)
+
+    def __call__(self, tokens, mask, positions=None):
+        positions = positions_from_mask(mask) if positions is None else positions
+        hidden, _ = self.trunk(tokens, positions, mask)
+        return (hidden @ self.score.astype(hidden.dtype))[..., 0].astype(jnp.float32)
+
+
+class RewardModel(nn.Module):
+    """Reward model: trunk + scalar head read at the last non-pad token. -> rewards [B] float32.
+
+    Same parameter layout as Hugging Face `*ForSequenceClassification` with num_labels=1.
+    """
+
+    config: TransformerConfig
+
+    def setup(self):
+        self.trunk = Transformer(self.config)
+        self.score = _param(self, "score", (self.config.d_model, 1), ("embed", None), self.config)
+
+    def __call__(self, tokens, mask, positions=None):
+        positions = positions_from_mask(mask) if positions is None else positions
+        hidden, _ = self.trunk(tokens, positions, mask)
+        last = jnp.take_along_axis(hidden, last_token_index(mask)[:, None, None], axis=1)[:, 0]
+        return (last @ self.score.astype(last.dtype))[:, 0].astype(jnp.float32)
+
+
+HEADS = {"causal_lm": CausalLM, "value": ValueModel, "reward": RewardModel}
+
+
+def init_params(config: TransformerConfig, rng: Array, head: str = "causal_lm"):
+    """Randomly initialised parameters (plain arrays, logical-axis boxes removed)."""
+    model = HEADS[head](config)
+    tokens = jnp.zeros((1, 2), jnp.int32)
+    variables = jax.jit(model.init)(rng, tokens, jnp.ones((1, 2), jnp.int32))
+    return nn.meta.unbox(variables["params"])
+
+
+def logical_axes(config: TransformerConfig, head: str = "causal_lm"):
+    """PartitionSpec tree of logical axis names, matching `init_params`'s structure."""
+    model = HEADS[head](config)
+    tokens = jnp.zeros((1, 2), jnp.int32)
+    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens, jnp.ones((1, 2), jnp.int32))
+    return nn.get_partition_spec(abstract)["params"]
