@@ -99,9 +99,12 @@ def _softmax_attention(scores: Array, mask: Array, values_fn):
 class KVCache:
     """Decoding cache with a prompt part shared by the G samples of each prompt.
 
-    prefix_k, prefix_v: per layer [B, P, K, Dh]: keys/values of the B prompts (one copy each).
+    prefix_k, prefix_v: per layer [B, K, P, Dh]: keys/values of the B prompts (one copy each).
     prefix_mask: [B, P] bool, True on real prompt tokens.
-    k, v: per layer [B, G, T, K, Dh]: keys/values of generated tokens, per sample.
+    k, v: per layer [B, G, K, T, Dh]: keys/values of generated tokens, per sample.
+
+    Heads precede positions so that both attention contractions are plain batched matmuls
+    over (b, k) and (b, g, k): no per-step transpose of the cache.
     index: int32 scalar, number of generated positions already written (all rows in lockstep).
     """
 
@@ -123,14 +126,14 @@ def init_cache(prefix_kv, prefix_mask: Array, num_samples: int, max_len: int) ->
     prefix_kv: per layer (k, v) with k, v [B, P, K, Dh], as returned by `CausalLM.prefill`.
     """
     batch = prefix_mask.shape[0]
-    empty = []
-    for k, _ in prefix_kv:
-        empty.append(jnp.zeros((batch, num_samples, max_len) + k.shape[2:], k.dtype))
+    prefix_k = tuple(k.transpose(0, 2, 1, 3) for k, _ in prefix_kv)
+    prefix_v = tuple(v.transpose(0, 2, 1, 3) for _, v in prefix_kv)
+    empty = tuple(jnp.zeros((batch, num_samples, k.shape[1], max_len, k.shape[3]), k.dtype) for k in prefix_k)
     return KVCache(
-        prefix_k=tuple(k for k, _ in prefix_kv),
-        prefix_v=tuple(v for _, v in prefix_kv),
+        prefix_k=prefix_k,
+        prefix_v=prefix_v,
         prefix_mask=prefix_mask.astype(bool),
-        k=tuple(empty),
+        k=empty,
         v=tuple(jnp.zeros_like(e) for e in empty),
         index=jnp.zeros((), jnp.int32),
     )
@@ -184,9 +187,13 @@ class Attention(nn.Module):
         wv = _param(self, "v_proj", (d, kh, dh), ("embed", "kv_heads", "head_dim"), cfg)
         wo = _param(self, "o_proj", (h, dh, d), ("heads", "head_dim", "embed"), cfg)
         x = x.astype(dtype)
-        q = jnp.einsum("nsd,dhe->nshe", x, wq.astype(dtype))
-        k = jnp.einsum("nsd,dhe->nshe", x, wk.astype(dtype))
-        v = jnp.einsum("nsd,dhe->nshe", x, wv.astype(dtype))
+        n, s = x.shape[:2]
+        r = h // kh
+        # One 2-D matmul against [wq | wk | wv]: fewer, larger dots; inside the sampler's decode
+        # loop XLA hoists the (loop-invariant) concatenation out of the loop.
+        wqkv = jnp.concatenate([w.astype(dtype).reshape(d, -1) for w in (wq, wk, wv)], axis=1)
+        q, k, v = jnp.split(x @ wqkv, [h * dh, (h + kh) * dh], axis=-1)
+        q, k, v = q.reshape(n, s, h, dh), k.reshape(n, s, kh, dh), v.reshape(n, s, kh, dh)
         if cfg.qkv_bias:
             zeros = nn.initializers.zeros
             q = q + _param(self, "q_bias", (h, dh), ("heads", "head_dim"), cfg, zeros).astype(dtype)
@@ -198,46 +205,52 @@ class Attention(nn.Module):
         inv_freq = rope_inverse_frequencies(cfg)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         q = q * jnp.asarray(1.0 / math.sqrt(dh), dtype)
-        n, s = x.shape[:2]
-        q = q.reshape(n, s, kh, h // kh, dh)
 
         if cache is None:
+            qh = q.reshape(n, s, kh, r, dh)
             causal = jnp.tril(jnp.ones((s, s), bool))
             full_mask = causal[None, None, None] & mask.astype(bool)[:, None, None, None, :]
-            scores = jnp.einsum("nskrd,ntkd->nkrst", q, k)
+            scores = jnp.einsum("nskrd,ntkd->nkrst", qh, k)
             out = _softmax_attention(
                 scores, full_mask, lambda p: jnp.einsum("nkrst,ntkd->nskrd", p.astype(dtype), v)
             )
             new_kv = (k, v)
         else:
             prefix_k, prefix_v, prefix_mask, cache_k, cache_v, index = cache
-            b, g, t = cache_k.shape[:3]
-            qg = q.reshape(b, g, s, kh, h // kh, dh)
-            cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.reshape(b, g, s, kh, dh), index, axis=2)
-            cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.reshape(b, g, s, kh, dh), index, axis=2)
-            p_len = prefix_k.shape[1]
-            scores_p = jnp.einsum("bgskrd,bpkd->bgkrsp", qg, prefix_k)
-            scores_g = jnp.einsum("bgskrd,bgtkd->bgkrst", qg, cache_k)
+            b, g, _, t = cache_k.shape[:4]
+            p_len = prefix_k.shape[2]
+            new_k = k.reshape(b, g, s, kh, dh).transpose(0, 1, 3, 2, 4)  # [B, G, K, S, Dh]
+            new_v = v.reshape(b, g, s, kh, dh).transpose(0, 1, 3, 2, 4)
+            cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, new_k, index, axis=3)
+            cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, new_v, index, axis=3)
+            qg = q.reshape(b, g, s, kh, r, dh).transpose(0, 1, 3, 2, 4, 5)  # [B, G, K, S, R, Dh]
+            q_prefix = qg.transpose(0, 2, 1, 3, 4, 5).reshape(b, kh, g * s * r, dh)
+            scores_p = jnp.einsum("bkqd,bkpd->bkqp", q_prefix, prefix_k)
+            scores_p = scores_p.reshape(b, kh, g, s * r, p_len).transpose(0, 2, 1, 3, 4)
+            scores_g = jnp.einsum("bgkqd,bgktd->bgkqt", qg.reshape(b, g, kh, s * r, dh), cache_k)
             query_pos = index + jnp.arange(s)
             gen_mask = jnp.arange(t)[None, :] <= query_pos[:, None]  # [S, T]
+            gen_mask = jnp.repeat(gen_mask, r, axis=0)  # rows ordered (s, r)
             mask_all = jnp.concatenate(
                 [
-                    jnp.broadcast_to(prefix_mask[:, None, None, None, None, :], (b, g, kh, h // kh, s, p_len)),
-                    jnp.broadcast_to(gen_mask, (b, g, kh, h // kh, s, t)),
+                    jnp.broadcast_to(prefix_mask[:, None, None, None, :], (b, g, kh, s * r, p_len)),
+                    jnp.broadcast_to(gen_mask, (b, g, kh, s * r, t)),
                 ],
                 axis=-1,
             )
 
             def values_fn(p):
-                p = p.astype(dtype)
-                return jnp.einsum("bgkrsp,bpkd->bgskrd", p[..., :p_len], prefix_v) + jnp.einsum(
-                    "bgkrst,bgtkd->bgskrd", p[..., p_len:], cache_v
-                )
+                p = p.astype(dtype)  # [B, G, K, S*R, P+T]
+                p_prefix = p[..., :p_len].transpose(0, 2, 1, 3, 4).reshape(b, kh, g * s * r, p_len)
+                out_p = jnp.einsum("bkqp,bkpd->bkqd", p_prefix, prefix_v).reshape(b, kh, g, s * r, dh)
+                out_g = jnp.einsum("bgkqt,bgktd->bgkqd", p[..., p_len:], cache_v)
+                out = out_g + out_p.transpose(0, 2, 1, 3, 4)  # [B, G, K, S*R, Dh]
+                return out.reshape(b, g, kh, s, r, dh).transpose(0, 1, 3, 2, 4, 5)
 
             out = _softmax_attention(jnp.concatenate([scores_p, scores_g], -1), mask_all, values_fn)
             new_kv = (cache_k, cache_v)
-        out = out.reshape(n, s, h, dh)
-        return jnp.einsum("nshe,hed->nsd", out, wo.astype(dtype)), new_kv
+        out = out.reshape(n, s, h * dh)
+        return out @ wo.astype(dtype).reshape(h * dh, d), new_kv
 
 
 class MLP(nn.Module):
@@ -253,7 +266,8 @@ class MLP(nn.Module):
         up = _param(self, "up_proj", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), cfg)
         down = _param(self, "down_proj", (cfg.mlp_dim, cfg.d_model), ("mlp", "embed"), cfg)
         x = x.astype(dtype)
-        hidden = jax.nn.silu(x @ gate.astype(dtype)) * (x @ up.astype(dtype))
+        gate_up = x @ jnp.concatenate([gate.astype(dtype), up.astype(dtype)], axis=1)  # one dot, see Attention
+        hidden = jax.nn.silu(gate_up[..., : cfg.mlp_dim]) * gate_up[..., cfg.mlp_dim :]
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
         return hidden @ down.astype(dtype)
 

@@ -1,0 +1,1 @@
+"""Data: tokenization, prompt datasets and batching."""

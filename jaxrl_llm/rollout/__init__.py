@@ -1,0 +1,1 @@
+"""Rollout generation: the jitted KV-cache sampler."""

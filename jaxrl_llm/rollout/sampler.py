@@ -1,0 +1,194 @@
+"""Jitted KV-cache sampler with shared-prompt group sampling.
+
+One compiled program per (model config, sampling config, prompt shape): prefill the B
+left-padded prompts once, then decode G samples per prompt in lockstep with a
+`jax.lax.while_loop` that exits as soon as every sample has emitted a stop token. The prompt's
+keys/values are stored once per prompt and attended to by all G samples (see `KVCache`), so
+group sampling costs one prefill per prompt, not G.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl_llm.models.config import TransformerConfig
+from jaxrl_llm.models.transformer import CausalLM, init_cache
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Static sampling options (changing one compiles a new sampler).
+
+    Attributes:
+      max_new_tokens: T, the response buffer length.
+      num_samples: G samples per prompt (group sampling, e.g. GRPO's group size).
+      temperature: logits are divided by it; 0 means greedy (argmax).
+      top_k: keep the k most likely tokens (0 disables).
+      top_p: keep the smallest most-likely set with probability mass >= top_p (1 disables).
+      stop_ids: token ids that end a sample (EOS, end-of-turn); the stop token itself is kept
+        in the response with mask 1. Empty means always generate T tokens.
+      pad_id: written after a sample has stopped.
+    """
+
+    max_new_tokens: int
+    num_samples: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "stop_ids", tuple(int(t) for t in self.stop_ids))
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingConfig.max_new_tokens={self.max_new_tokens} must be >= 1.")
+        if self.num_samples < 1:
+            raise ValueError(f"SamplingConfig.num_samples={self.num_samples} must be >= 1.")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingConfig.temperature={self.temperature} must be >= 0 (0 = greedy).")
+        if self.top_k < 0:
+            raise ValueError(f"SamplingConfig.top_k={self.top_k} must be >= 0 (0 disables).")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingConfig.top_p={self.top_p} must be in (0, 1] (1 disables).")
+
+
+class SampleOutput(NamedTuple):
+    """Responses for B prompts x G samples, sample-major within each prompt (row = b * G + g).
+
+    response_ids: [B*G, T] int32, pad_id after the stop token.
+    response_mask: [B*G, T] int32, 1 on generated tokens including the stop token.
+    logprobs: [B*G, T] float32, log softmax(logits / temperature) of each emitted token
+      (temperature 1 when greedy), i.e. what a trainer recomputes from the same logits; top-k /
+      top-p truncation is not folded in. 0 where the mask is 0.
+    group_ids: [B*G] int32, index of the prompt each row was sampled from.
+    num_steps: int32 scalar, tokens generated before every sample stopped (<= T).
+    """
+
+    response_ids: Array
+    response_mask: Array
+    logprobs: Array
+    group_ids: Array
+    num_steps: Array
+
+
+def process_logits(logits: Array, temperature: float, top_k: int = 0, top_p: float = 1.0) -> Array:
+    """Temperature, top-k and top-p (nucleus) filtering. logits [N, V] -> [N, V] float32.
+
+    Returns logits / temperature with excluded tokens set to -inf. Top-k keeps tokens whose
+    logit is >= the k-th largest (Fan et al. 2018); top-p keeps, in descending order, every
+    token whose preceding cumulative probability is < top_p (Holtzman et al. 2019,
+    arXiv 1904.09751), so the most likely token always survives.
+    """
+    scaled = logits.astype(jnp.float32) / temperature
+    if top_k:
+        kth = jax.lax.top_k(scaled, min(top_k, scaled.shape[-1]))[0][..., -1:]
+        scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+    if top_p < 1.0:
+        sorted_desc = -jnp.sort(-scaled, axis=-1)
+        probs = jax.nn.softmax(sorted_desc, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        threshold = jnp.min(jnp.where(mass_before < top_p, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+        scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
+    return scaled
+
+
+def sample_from_logits(rng: Array, logits: Array, config: SamplingConfig) -> Array:
+    """Draws one token per row. logits [N, V] -> tokens [N] int32.
+
+    Inverse-CDF sampling: one uniform per row against the cumulative softmax of the processed
+    logits (one random number per row instead of V Gumbel draws). Tokens with zero probability
+    can never be returned: the first index where cdf > u always has positive mass.
+    """
+    if config.temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    probs = jax.nn.softmax(process_logits(logits, config.temperature, config.top_k, config.top_p), axis=-1)
+    cdf = jnp.cumsum(probs, axis=-1)
+    u = jax.random.uniform(rng, (logits.shape[0], 1)) * cdf[:, -1:]
+    return jnp.argmax(cdf > u, axis=-1).astype(jnp.int32)
+
+
+def token_logprobs(logits: Array, tokens: Array, temperature: float) -> Array:
+    """log softmax(logits / t)[token] with t = temperature (1 when greedy). [N, V], [N] -> [N]."""
+    t = temperature if temperature > 0 else 1.0
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / t, axis=-1)
+    return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+
+
+def _sample(model: CausalLM, config: SamplingConfig, params, prompt_ids, prompt_mask, rng) -> SampleOutput:
+    batch = prompt_ids.shape[0]
+    g, t_max = config.num_samples, config.max_new_tokens
+    n = batch * g
+    variables = {"params": params}
+    last_logits, prefix_kv = model.apply(variables, prompt_ids, prompt_mask, method=CausalLM.prefill)
+    cache = init_cache(prefix_kv, prompt_mask, g, t_max)
+    first_pos = jnp.repeat(jnp.sum(prompt_mask, axis=-1).astype(jnp.int32), g)  # [N]
+    logits = jnp.repeat(last_logits, g, axis=0)  # [N, V]; the prompt itself is never repeated
+    stop_ids = jnp.asarray(config.stop_ids or (-1,), jnp.int32)
+
+    def emit(step, logits, done, ids, logps):
+        token = sample_from_logits(jax.random.fold_in(rng, step), logits, config)
+        logp = token_logprobs(logits, token, config.temperature)
+        token = jnp.where(done, config.pad_id, token)
+        ids = ids.at[:, step].set(token)
+        logps = logps.at[:, step].set(jnp.where(done, 0.0, logp))
+        done = done | jnp.isin(token, stop_ids)
+        return token, done, ids, logps
+
+    ids = jnp.full((n, t_max), config.pad_id, jnp.int32)
+    logps = jnp.zeros((n, t_max), jnp.float32)
+    done_before = jnp.zeros((n,), bool)
+    token, done, ids, logps = emit(0, logits, done_before, ids, logps)
+    mask = jnp.zeros((n, t_max), jnp.int32).at[:, 0].set(1)
+
+    def cond(carry):
+        step, _, done, *_ = carry
+        return (step < t_max) & ~jnp.all(done)
+
+    def body(carry):
+        step, token, done, ids, logps, mask, cache = carry
+        positions = (first_pos + step - 1)[:, None]
+        logits, cache = model.apply(variables, token[:, None], positions, cache, method=CausalLM.decode)
+        mask = mask.at[:, step].set((~done).astype(jnp.int32))
+        token, done, ids, logps = emit(step, logits[:, 0], done, ids, logps)
+        return step + 1, token, done, ids, logps, mask, cache
+
+    step, _, _, ids, logps, mask, _ = jax.lax.while_loop(
+        cond, body, (jnp.asarray(1, jnp.int32), token, done, ids, logps, mask, cache)
+    )
+    group_ids = jnp.repeat(jnp.arange(batch, dtype=jnp.int32), g)
+    return SampleOutput(ids, mask, logps, group_ids, step)
+
+
+def make_sampler(model_config: TransformerConfig, config: SamplingConfig) -> Callable[..., SampleOutput]:
+    """Returns `sample(params, prompt_ids, prompt_mask, rng) -> SampleOutput`, jitted.
+
+    prompt_ids, prompt_mask: [B, P], left-padded (the last column must be a real token).
+    Compiles once per prompt shape; params may be any pytree `CausalLM(model_config)` accepts.
+    """
+    model = CausalLM(model_config)
+    jitted = jax.jit(lambda params, ids, mask, rng: _sample(model, config, params, ids, mask, rng))
+
+    def sample(params, prompt_ids, prompt_mask, rng) -> SampleOutput:
+        if not isinstance(prompt_mask, jax.core.Tracer):
+            mask = np.asarray(prompt_mask)
+            if mask.ndim != 2 or mask.shape != np.shape(prompt_ids):
+                raise ValueError(
+                    f"prompt_ids {np.shape(prompt_ids)} and prompt_mask {mask.shape} must both be [B, P]."
+                )
+            if not mask[:, -1].all():
+                rows = np.flatnonzero(~mask[:, -1].astype(bool))[:5].tolist()
+                raise ValueError(
+                    f"prompts must be left-padded (the last position real), but rows {rows} end in "
+                    "padding; encode them with padding_side='left'."
+                )
+        return jitted(params, prompt_ids, prompt_mask, rng)
+
+    sample.jitted = jitted
+    return sample
