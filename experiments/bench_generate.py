@@ -76,7 +76,9 @@ def bench(size: str, batch: int, samples: int, prompt_len: int, new_tokens: int,
     rng = np.random.RandomState(0)
     prompts = rng.randint(0, config.vocab_size, (batch, prompt_len)).astype(np.int32)
     mask = np.ones_like(prompts)
-    sampler = make_sampler(config, SamplingConfig(max_new_tokens=new_tokens, num_samples=samples, temperature=1.0))
+    sampler = make_sampler(
+        config, SamplingConfig(max_new_tokens=new_tokens, num_samples=samples, temperature=1.0)
+    )
     prompts_t, mask_t = torch.tensor(prompts, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
     key = jax.random.PRNGKey(0)
 
@@ -113,19 +115,27 @@ def bench(size: str, batch: int, samples: int, prompt_len: int, new_tokens: int,
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="small,52M")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--prompt_len", type=int, default=32)
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--group", default="4x4", help="prompts x samples for the group-sampling row ('' skips)")
+    parser.add_argument(
+        "--group", default="4x4", help="prompts x samples for the group-sampling row ('' skips)"
+    )
     args = parser.parse_args()
 
     import torch
 
-    print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    print(f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, temperature 1, median of {args.repeats}")
+    print(
+        f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, temperature 1, median of {args.repeats}"
+    )
     rows = []
     for size in args.sizes.split(","):
         shapes = [(args.batch, 1)]

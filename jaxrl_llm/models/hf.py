@@ -35,7 +35,9 @@ def _transpose(w):
     return w.T
 
 
-def _tensor_map(config: TransformerConfig, head: str) -> Iterator[tuple[str, tuple[str, ...], Callable, Callable]]:
+def _tensor_map(
+    config: TransformerConfig, head: str
+) -> Iterator[tuple[str, tuple[str, ...], Callable, Callable]]:
     """Yields (hf_name, params_path, hf_to_ours, ours_to_hf) for every parameter of `head`."""
     d, h, k, dh = config.d_model, config.num_heads, config.num_kv_heads, config.head_dim
     yield "model.embed_tokens.weight", ("trunk", "embed"), np.asarray, np.asarray
@@ -174,26 +176,31 @@ def load_checkpoint(path: str, head: str | None = None, rng: jax.Array | None = 
     expected = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0), head))
     params: dict = {}
     stored = list(_tensor_map(config, stored_head))
-    for hf_name, our_path, to_ours, _ in stored:
+    for hf_name, our_path, to_ours, to_hf in stored:
+        if our_path[0] not in expected:  # e.g. the LM head when loading a value model
+            continue
         if hf_name not in loaders:
             raise CheckpointMismatchError(
                 f"checkpoint {path!r} has no tensor {hf_name!r} (needed for {'/'.join(our_path)})."
             )
-        if our_path[0] not in expected:  # e.g. the LM head when loading a value model
-            continue
-        raw = loaders[hf_name]()
         want = _get(expected, our_path).shape
-        value = to_ours(raw) if raw.size == int(np.prod(want)) else raw
-        if value.shape != want:
+        want_hf = to_hf(np.broadcast_to(np.zeros((), np.float32), want)).shape  # zero-stride: no memory
+        raw = loaders[hf_name]()
+        if raw.shape != want_hf:
             raise CheckpointMismatchError(
-                f"tensor {hf_name!r} has shape {raw.shape}, but config.json implies {want} "
-                f"for {'/'.join(our_path)}."
+                f"tensor {hf_name!r} has shape {raw.shape}, but config.json implies {want_hf}."
             )
-        _set(params, our_path, np.asarray(value, dtype=config.param_dtype))
+        _set(params, our_path, np.asarray(to_ours(raw), dtype=config.param_dtype))
     for name, spec in expected.items():
-        if name not in params:  # a scalar head the checkpoint does not have
-            rng = jax.random.PRNGKey(0) if rng is None else rng
-            params[name] = np.asarray(jax.random.normal(rng, spec.shape) * config.init_std, config.param_dtype)
+        if name in params:
+            continue
+        if name != "score":
+            raise CheckpointMismatchError(
+                f"checkpoint {path!r} ({stored_head}) has no weights for {name!r}, which head={head!r} needs."
+            )
+        # A scalar head the checkpoint does not have (e.g. a critic started from the SFT policy).
+        rng = jax.random.PRNGKey(0) if rng is None else rng
+        params[name] = np.asarray(jax.random.normal(rng, spec.shape) * config.init_std, config.param_dtype)
     known = {name for name, *_ in stored} | {"lm_head.weight"}
     unexpected = [n for n in loaders if n not in known and not n.endswith(_IGNORED_SUFFIXES)]
     if unexpected:
@@ -223,7 +230,9 @@ def save_checkpoint(
     }
     hf_config = to_hf_config(config)
     if head == "reward":
-        hf_config["architectures"] = [hf_config["architectures"][0].replace("ForCausalLM", "ForSequenceClassification")]
+        hf_config["architectures"] = [
+            hf_config["architectures"][0].replace("ForCausalLM", "ForSequenceClassification")
+        ]
         hf_config.update(num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)

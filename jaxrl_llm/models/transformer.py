@@ -99,12 +99,14 @@ def _softmax_attention(scores: Array, mask: Array, values_fn):
 class KVCache:
     """Decoding cache with a prompt part shared by the G samples of each prompt.
 
-    prefix_k, prefix_v: per layer [B, K, P, Dh]: keys/values of the B prompts (one copy each).
+    prefix_k: per layer [B, K, Dh, P], prefix_v: [B, K, P, Dh]: the B prompts (one copy each).
     prefix_mask: [B, P] bool, True on real prompt tokens.
-    k, v: per layer [B, G, K, T, Dh]: keys/values of generated tokens, per sample.
+    k: per layer [N, K, Dh, T], v: [N, K, T, Dh]: generated tokens of the N = B * G samples
+      (row b * G + g). Keeping N flat (no size-1 group axis when G = 1) stops XLA from
+      duplicating the cache write into a bitcast consumer, which would copy the cache per step.
 
-    Heads precede positions so that both attention contractions are plain batched matmuls
-    over (b, k) and (b, g, k): no per-step transpose of the cache.
+    Layouts are chosen so both attention contractions are plain batched matmuls with the cache
+    as the right-hand [contract, out] operand: q @ K and p @ V never transpose the cache.
     index: int32 scalar, number of generated positions already written (all rows in lockstep).
     """
 
@@ -115,10 +117,6 @@ class KVCache:
     v: tuple
     index: Array
 
-    @property
-    def num_samples(self) -> int:
-        return self.k[0].shape[1]
-
 
 def init_cache(prefix_kv, prefix_mask: Array, num_samples: int, max_len: int) -> KVCache:
     """Empty generation cache of length `max_len` behind the prefilled prompts.
@@ -126,17 +124,63 @@ def init_cache(prefix_kv, prefix_mask: Array, num_samples: int, max_len: int) ->
     prefix_kv: per layer (k, v) with k, v [B, P, K, Dh], as returned by `CausalLM.prefill`.
     """
     batch = prefix_mask.shape[0]
-    prefix_k = tuple(k.transpose(0, 2, 1, 3) for k, _ in prefix_kv)
+    prefix_k = tuple(k.transpose(0, 2, 3, 1) for k, _ in prefix_kv)
     prefix_v = tuple(v.transpose(0, 2, 1, 3) for _, v in prefix_kv)
-    empty = tuple(jnp.zeros((batch, num_samples, k.shape[1], max_len, k.shape[3]), k.dtype) for k in prefix_k)
+    _, num_kv, head_dim, _ = prefix_k[0].shape
+    dtype = prefix_k[0].dtype
     return KVCache(
         prefix_k=prefix_k,
         prefix_v=prefix_v,
         prefix_mask=prefix_mask.astype(bool),
-        k=empty,
-        v=tuple(jnp.zeros_like(e) for e in empty),
+        k=tuple(jnp.zeros((batch * num_samples, num_kv, head_dim, max_len), dtype) for _ in prefix_k),
+        v=tuple(jnp.zeros((batch * num_samples, num_kv, max_len, head_dim), dtype) for _ in prefix_k),
         index=jnp.zeros((), jnp.int32),
     )
+
+
+def _cached_attention(q, k, v, prefix_k, prefix_v, prefix_mask, cache_k, cache_v, index):
+    """Attention of S new tokens per sample against the shared prompt and the generated cache.
+
+    q: [N, S, H, Dh] (already scaled), k, v: [N, S, K, Dh] with N = B * G (row b * G + g);
+    cache layouts as in KVCache. Writes the new keys/values at `index`, then runs one softmax
+    jointly over the prompt segment (prefix_mask) and the generated segment (positions
+    <= index + s, causal). Returns (out [N, S, H, Dh], updated (cache_k, cache_v)).
+    """
+    n, kh, t, dh = cache_v.shape
+    _, s, h, _ = q.shape
+    b, p_len = prefix_v.shape[0], prefix_v.shape[2]
+    g, r, dtype = n // b, h // kh, q.dtype
+    cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.transpose(0, 2, 3, 1), index, axis=3)
+    cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.transpose(0, 2, 1, 3), index, axis=2)
+    q = q.reshape(n, s, kh, r, dh).transpose(0, 2, 1, 3, 4).reshape(n, kh, s * r, dh)  # rows (s, r)
+    q_prefix = q.reshape(b, g, kh, s * r, dh).transpose(0, 2, 1, 3, 4).reshape(b, kh, g * s * r, dh)
+    scores_p = jnp.einsum("bkqd,bkdp->bkqp", q_prefix, prefix_k).reshape(b, kh, g, s * r, p_len)
+    scores = jnp.concatenate(
+        [
+            scores_p.transpose(0, 2, 1, 3, 4).reshape(n, kh, s * r, p_len),
+            jnp.einsum("nkqd,nkdt->nkqt", q, cache_k),
+        ],
+        axis=-1,
+    )  # [N, K, S*R, P+T]
+    row_pos = index + jnp.repeat(jnp.arange(s), r)  # [S*R]
+    prefix_mask = jnp.repeat(prefix_mask, g, axis=0)  # [N, P]
+    mask = jnp.concatenate(
+        [
+            jnp.broadcast_to(prefix_mask[:, None, None, :], (n, kh, s * r, p_len)),
+            jnp.broadcast_to(jnp.arange(t)[None, :] <= row_pos[:, None], (n, kh, s * r, t)),
+        ],
+        axis=-1,
+    )
+
+    def values_fn(probs):
+        probs = probs.astype(dtype)
+        p_prefix = probs[..., :p_len].reshape(b, g, kh, s * r, p_len).transpose(0, 2, 1, 3, 4)
+        out_p = jnp.einsum("bkqp,bkpd->bkqd", p_prefix.reshape(b, kh, g * s * r, p_len), prefix_v)
+        out_p = out_p.reshape(b, kh, g, s * r, dh).transpose(0, 2, 1, 3, 4).reshape(n, kh, s * r, dh)
+        out = out_p + jnp.einsum("nkqt,nktd->nkqd", probs[..., p_len:], cache_v)
+        return out.reshape(n, kh, s, r, dh).transpose(0, 2, 1, 3, 4).reshape(n, s, h, dh)
+
+    return _softmax_attention(scores, mask, values_fn), (cache_k, cache_v)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,39 +260,7 @@ class Attention(nn.Module):
             )
             new_kv = (k, v)
         else:
-            prefix_k, prefix_v, prefix_mask, cache_k, cache_v, index = cache
-            b, g, _, t = cache_k.shape[:4]
-            p_len = prefix_k.shape[2]
-            new_k = k.reshape(b, g, s, kh, dh).transpose(0, 1, 3, 2, 4)  # [B, G, K, S, Dh]
-            new_v = v.reshape(b, g, s, kh, dh).transpose(0, 1, 3, 2, 4)
-            cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, new_k, index, axis=3)
-            cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, new_v, index, axis=3)
-            qg = q.reshape(b, g, s, kh, r, dh).transpose(0, 1, 3, 2, 4, 5)  # [B, G, K, S, R, Dh]
-            q_prefix = qg.transpose(0, 2, 1, 3, 4, 5).reshape(b, kh, g * s * r, dh)
-            scores_p = jnp.einsum("bkqd,bkpd->bkqp", q_prefix, prefix_k)
-            scores_p = scores_p.reshape(b, kh, g, s * r, p_len).transpose(0, 2, 1, 3, 4)
-            scores_g = jnp.einsum("bgkqd,bgktd->bgkqt", qg.reshape(b, g, kh, s * r, dh), cache_k)
-            query_pos = index + jnp.arange(s)
-            gen_mask = jnp.arange(t)[None, :] <= query_pos[:, None]  # [S, T]
-            gen_mask = jnp.repeat(gen_mask, r, axis=0)  # rows ordered (s, r)
-            mask_all = jnp.concatenate(
-                [
-                    jnp.broadcast_to(prefix_mask[:, None, None, None, :], (b, g, kh, s * r, p_len)),
-                    jnp.broadcast_to(gen_mask, (b, g, kh, s * r, t)),
-                ],
-                axis=-1,
-            )
-
-            def values_fn(p):
-                p = p.astype(dtype)  # [B, G, K, S*R, P+T]
-                p_prefix = p[..., :p_len].transpose(0, 2, 1, 3, 4).reshape(b, kh, g * s * r, p_len)
-                out_p = jnp.einsum("bkqp,bkpd->bkqd", p_prefix, prefix_v).reshape(b, kh, g, s * r, dh)
-                out_g = jnp.einsum("bgkqt,bgktd->bgkqd", p[..., p_len:], cache_v)
-                out = out_g + out_p.transpose(0, 2, 1, 3, 4)  # [B, G, K, S*R, Dh]
-                return out.reshape(b, g, kh, s, r, dh).transpose(0, 1, 3, 2, 4, 5)
-
-            out = _softmax_attention(jnp.concatenate([scores_p, scores_g], -1), mask_all, values_fn)
-            new_kv = (cache_k, cache_v)
+            out, new_kv = _cached_attention(q, k, v, *cache)
         out = out.reshape(n, s, h * dh)
         return out @ wo.astype(dtype).reshape(h * dh, d), new_kv
 
@@ -266,7 +278,9 @@ class MLP(nn.Module):
         up = _param(self, "up_proj", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), cfg)
         down = _param(self, "down_proj", (cfg.mlp_dim, cfg.d_model), ("mlp", "embed"), cfg)
         x = x.astype(dtype)
-        gate_up = x @ jnp.concatenate([gate.astype(dtype), up.astype(dtype)], axis=1)  # one dot, see Attention
+        gate_up = x @ jnp.concatenate(
+            [gate.astype(dtype), up.astype(dtype)], axis=1
+        )  # one dot, see Attention
         hidden = jax.nn.silu(gate_up[..., : cfg.mlp_dim]) * gate_up[..., cfg.mlp_dim :]
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
         return hidden @ down.astype(dtype)
@@ -313,7 +327,14 @@ class Transformer(nn.Module):
         x = jnp.take(self.embed, tokens, axis=0).astype(jnp.dtype(self.config.dtype))
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
-            layer_cache = (cache.prefix_k[i], cache.prefix_v[i], cache.prefix_mask, cache.k[i], cache.v[i], cache.index)
+            layer_cache = (
+                cache.prefix_k[i],
+                cache.prefix_v[i],
+                cache.prefix_mask,
+                cache.k[i],
+                cache.v[i],
+                cache.index,
+            )
             x, (k, v) = layer(x, positions, None, layer_cache)
             new_k.append(k)
             new_v.append(v)

@@ -99,19 +99,20 @@ def process_logits(logits: Array, temperature: float, top_k: int = 0, top_p: flo
     return scaled
 
 
-def sample_from_logits(rng: Array, logits: Array, config: SamplingConfig) -> Array:
-    """Draws one token per row. logits [N, V] -> tokens [N] int32.
+def sample_from_logits(logits: Array, uniform: Array, config: SamplingConfig) -> Array:
+    """Draws one token per row. logits [N, V], uniform [N] in [0, 1) -> tokens [N] int32.
 
-    Inverse-CDF sampling: one uniform per row against the cumulative softmax of the processed
-    logits (one random number per row instead of V Gumbel draws). Tokens with zero probability
-    can never be returned: the first index where cdf > u always has positive mass.
+    Inverse-CDF sampling: the first token whose cumulative (processed) softmax exceeds
+    u * total mass. One uniform per row instead of V Gumbel draws, and the sampler draws all
+    T x N uniforms before its decode loop, so no random-number generation runs per step.
+    Tokens with zero probability are never returned: the first index with cdf > u has mass > 0.
     """
     if config.temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     probs = jax.nn.softmax(process_logits(logits, config.temperature, config.top_k, config.top_p), axis=-1)
     cdf = jnp.cumsum(probs, axis=-1)
-    u = jax.random.uniform(rng, (logits.shape[0], 1)) * cdf[:, -1:]
-    return jnp.argmax(cdf > u, axis=-1).astype(jnp.int32)
+    threshold = uniform[:, None] * cdf[:, -1:]
+    return jnp.argmax(cdf > threshold, axis=-1).astype(jnp.int32)
 
 
 def token_logprobs(logits: Array, tokens: Array, temperature: float) -> Array:
@@ -132,8 +133,10 @@ def _sample(model: CausalLM, config: SamplingConfig, params, prompt_ids, prompt_
     logits = jnp.repeat(last_logits, g, axis=0)  # [N, V]; the prompt itself is never repeated
     stop_ids = jnp.asarray(config.stop_ids or (-1,), jnp.int32)
 
+    uniforms = jax.random.uniform(rng, (t_max, n))
+
     def emit(step, logits, done, ids, logps):
-        token = sample_from_logits(jax.random.fold_in(rng, step), logits, config)
+        token = sample_from_logits(logits, uniforms[step], config)
         logp = token_logprobs(logits, token, config.temperature)
         token = jnp.where(done, config.pad_id, token)
         ids = ids.at[:, step].set(token)

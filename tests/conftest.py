@@ -1,0 +1,33 @@
+"""Shared pytest setup: persistent compilation cache and session-scoped tiny models."""
+
+import os
+
+import jax
+import pytest
+
+from jaxrl_llm.models.config import TransformerConfig
+from jaxrl_llm.models.transformer import init_params
+
+
+def pytest_configure(config):
+    # Compiles dominate this suite on 2 cores; a second run reuses them from disk.
+    cache_dir = os.path.join(str(config.rootpath), ".pytest_cache", "jax_compilation_cache")
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+TINY_LLAMA = TransformerConfig(
+    vocab_size=97, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=128, init_std=0.1
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """A 2-layer GQA Llama config with a peaked random init (init_std 0.1)."""
+    return TINY_LLAMA
+
+
+@pytest.fixture(scope="session")
+def tiny_params(tiny_config):
+    return init_params(tiny_config, jax.random.PRNGKey(0))
