@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -53,7 +53,7 @@ class TransformerConfig:
     num_heads: int
     num_kv_heads: int
     mlp_dim: int
-    head_dim: Optional[int] = None
+    head_dim: int | None = None
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     rope_type: str = "default"
@@ -69,9 +69,9 @@ class TransformerConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     model_type: str = "llama"
-    bos_token_id: Optional[int] = None
-    eos_token_id: Optional[tuple[int, ...]] = None
-    pad_token_id: Optional[int] = None
+    bos_token_id: int | None = None
+    eos_token_id: tuple[int, ...] | None = None
+    pad_token_id: int | None = None
 
     def __post_init__(self):
         if self.head_dim is None:

@@ -14,7 +14,6 @@ Two attention paths share the same weights:
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -214,7 +213,7 @@ class Attention(nn.Module):
     config: TransformerConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache: Optional[tuple] = None):
+    def __call__(self, x, positions, mask, cache: tuple | None = None):
         """x: [N, S, D]; positions: [N, S].
 
         Without cache: full causal attention, mask [N, S] marks real tokens; returns
