@@ -1,0 +1,37 @@
+"""Command-line entry point: `python -m jaxrl_llm.main --config=configs/<file>.py [--workdir=DIR]`.
+
+Any config field can be overridden on the command line, e.g. `--config.sampling.top_p=0.9`.
+"""
+
+import logging
+import os
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxrl_llm.rollout.demo import run_sampling
+
+JOBS = {"sample": run_sampling}
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:arg]).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs (samples, logs, checkpoints).")
+
+
+def main(argv):
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notices on CPU
+    if not jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR overrides
+        # A second run reuses compiled step functions instead of compiling them again.
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/jaxrl_llm/xla"))
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/sample_demo.py")
+    if config.job not in JOBS:
+        raise app.UsageError(f"config.job={config.job!r} is not one of {sorted(JOBS)}")
+    JOBS[config.job](config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
