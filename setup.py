@@ -25,13 +25,17 @@ INSTALL_REQUIRES = [
 # torch (asked for directly or by transformers/trl) pulls a multi-GB CUDA build.
 TORCH = "torch==2.13.0"
 
+NOTEBOOKS = ["matplotlib>=3.9,<4", "ipykernel>=6.29,<8", "nbclient>=0.10,<1", "nbformat>=5.10,<6"]
+
 EXTRAS = {
+    "notebooks": NOTEBOOKS,
     "test": [
         "pytest>=8,<10",
         "pytest-xdist>=3.6,<4",
         TORCH,
         "transformers>=5.0,<6",
         "ruff>=0.15,<1",
+        *NOTEBOOKS,
     ],
     "bench": [
         TORCH,

@@ -61,7 +61,9 @@ def test_cached_decoding_equals_full_forward(tiny_config, tiny_params, chunk):
     full_mask = np.concatenate([np.repeat(prompt_mask, g, 0), np.ones_like(continuation)], 1)
     full = np.asarray(model.apply(variables, full_ids, full_mask))
     np.testing.assert_allclose(cached, full[:, PROMPT_LEN:], atol=1e-4, rtol=0)
-    np.testing.assert_allclose(np.repeat(np.asarray(last_logits), g, 0), full[:, PROMPT_LEN - 1], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        np.repeat(np.asarray(last_logits), g, 0), full[:, PROMPT_LEN - 1], atol=1e-4, rtol=0
+    )
 
 
 def test_sampler_logprobs_equal_full_forward(tiny_config, tiny_params):
@@ -239,7 +241,9 @@ def test_group_sampling_equals_independent_sampling(tiny_config, tiny_params):
 
 def _flops(config, params, num_samples, prompt_ids, prompt_mask):
     sampler = make_sampler(config, SamplingConfig(max_new_tokens=1, num_samples=num_samples))
-    cost = sampler.jitted.lower(params, prompt_ids, prompt_mask, jax.random.PRNGKey(0)).compile().cost_analysis()
+    cost = (
+        sampler.jitted.lower(params, prompt_ids, prompt_mask, jax.random.PRNGKey(0)).compile().cost_analysis()
+    )
     return (cost if isinstance(cost, dict) else cost[0])["flops"]
 
 
