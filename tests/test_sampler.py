@@ -273,3 +273,31 @@ def test_right_padded_prompts_are_rejected(tiny_config, tiny_params):
     sampler = make_sampler(tiny_config, SamplingConfig(max_new_tokens=2))
     with pytest.raises(ValueError, match=r"left-padded.*\[1, 2\]"):
         sampler(tiny_params, prompt_ids, prompt_mask[:, ::-1].copy(), jax.random.PRNGKey(0))
+
+
+def test_positions_past_the_trained_context_warn(tiny_config, tiny_params):
+    import dataclasses
+
+    short = dataclasses.replace(tiny_config, max_position_embeddings=16)
+    prompt_ids, prompt_mask = _prompts()
+    sampler = make_sampler(short, SamplingConfig(max_new_tokens=8))
+    with pytest.warns(UserWarning, match="max_position_embeddings=16"):
+        sampler(tiny_params, prompt_ids, prompt_mask, jax.random.PRNGKey(0))
+
+
+def test_bfloat16_compute_tracks_float32(tiny_config, tiny_params):
+    """dtype='bfloat16' (the accelerator setting) computes in bf16 from the same f32 params."""
+    import dataclasses
+
+    bf16 = dataclasses.replace(tiny_config, dtype="bfloat16")
+    prompt_ids, prompt_mask = _prompts()
+    f32_logits = CausalLM(tiny_config).apply({"params": tiny_params}, prompt_ids, prompt_mask)
+    bf16_logits = CausalLM(bf16).apply({"params": tiny_params}, prompt_ids, prompt_mask)
+    assert bf16_logits.dtype == jnp.float32  # logits are always returned in f32
+    real = prompt_mask.astype(bool)
+    scale = np.abs(np.asarray(f32_logits)[real]).max()
+    assert np.abs(np.asarray(bf16_logits - f32_logits)[real]).max() < 0.05 * scale
+    out = make_sampler(bf16, SamplingConfig(max_new_tokens=4, num_samples=2))(
+        tiny_params, prompt_ids, prompt_mask, jax.random.PRNGKey(0)
+    )
+    assert np.isfinite(np.asarray(out.logprobs)).all() and (np.asarray(out.logprobs) < 0).all()

@@ -10,6 +10,7 @@ group sampling costs one prefill per prompt, not G.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -191,6 +192,14 @@ def make_sampler(model_config: TransformerConfig, config: SamplingConfig) -> Cal
                 raise ValueError(
                     f"prompts must be left-padded (the last position real), but rows {rows} end in "
                     "padding; encode them with padding_side='left'."
+                )
+            total = mask.shape[1] + config.max_new_tokens
+            if total > model_config.max_position_embeddings:
+                warnings.warn(
+                    f"prompt length {mask.shape[1]} + max_new_tokens {config.max_new_tokens} = {total} exceeds "
+                    f"the model's max_position_embeddings={model_config.max_position_embeddings}; positions "
+                    "beyond the trained context usually degrade generations.",
+                    stacklevel=2,
                 )
         return jitted(params, prompt_ids, prompt_mask, rng)
 
