@@ -301,3 +301,18 @@ def test_bfloat16_compute_tracks_float32(tiny_config, tiny_params):
         tiny_params, prompt_ids, prompt_mask, jax.random.PRNGKey(0)
     )
     assert np.isfinite(np.asarray(out.logprobs)).all() and (np.asarray(out.logprobs) < 0).all()
+
+
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.99])
+def test_top_p_keeps_exactly_the_sorted_nucleus(top_p):
+    """The sort-free top-p keeps the same tokens as the textbook sort + cumulative-sum rule on
+    peaked and flat random distributions over 2000 tokens."""
+    logits = jax.random.normal(jax.random.PRNGKey(0), (8, 2000)) * jnp.arange(1, 9)[:, None]
+    kept = np.isfinite(np.asarray(process_logits(logits, 1.0, top_p=top_p)))
+    probs = np.asarray(jax.nn.softmax(logits, -1), np.float64)
+    order = np.argsort(-probs, axis=-1)
+    sorted_probs = np.take_along_axis(probs, order, -1)
+    keep_sorted = np.cumsum(sorted_probs, -1) - sorted_probs < top_p  # mass before each token
+    expected = np.zeros_like(kept)
+    np.put_along_axis(expected, order, keep_sorted, -1)
+    np.testing.assert_array_equal(kept, expected)

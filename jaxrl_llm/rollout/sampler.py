@@ -61,6 +61,9 @@ class SamplingConfig:
             raise ValueError(f"SamplingConfig.top_p={self.top_p} must be in (0, 1] (1 disables).")
 
 
+_TOP_P_BISECTION_STEPS = 32
+
+
 class SampleOutput(NamedTuple):
     """Responses for B prompts x G samples, sample-major within each prompt (row = b * G + g).
 
@@ -83,21 +86,33 @@ class SampleOutput(NamedTuple):
 def process_logits(logits: Array, temperature: float, top_k: int = 0, top_p: float = 1.0) -> Array:
     """Temperature, top-k and top-p (nucleus) filtering. logits [N, V] -> [N, V] float32.
 
-    Returns logits / temperature with excluded tokens set to -inf. Top-k keeps tokens whose
-    logit is >= the k-th largest (Fan et al. 2018); top-p keeps, in descending order, every
-    token whose preceding cumulative probability is < top_p (Holtzman et al. 2019,
-    arXiv 1904.09751), so the most likely token always survives.
+    Returns logits / temperature with excluded tokens set to -inf; top-k is applied before top-p,
+    as in `transformers`. Top-k keeps tokens whose logit is >= the k-th largest (Fan et al. 2018).
+    Top-p keeps the most likely tokens whose probabilities add up to at least top_p: every token
+    with p >= tau*, tau* the largest threshold whose kept mass is >= top_p (Holtzman et al. 2019,
+    arXiv 1904.09751), so the most likely token always survives and ties at the boundary are kept.
+
+    Neither filter sorts the vocabulary: XLA:CPU sorts [16, 32000] in ~80 ms, longer than a
+    whole decode step. Top-k reads the min of `lax.top_k` (a slice of it is rewritten into a full
+    sort); top-p finds tau* by bisection on the probability value (`_TOP_P_BISECTION_STEPS`
+    halvings of [0, max p], ~1.5 ms for [16, 32000]), exact up to ties within max p / 2**32.
     """
     scaled = logits.astype(jnp.float32) / temperature
     if top_k:
-        kth = jax.lax.top_k(scaled, min(top_k, scaled.shape[-1]))[0][..., -1:]
+        kth = jnp.min(jax.lax.top_k(scaled, min(top_k, scaled.shape[-1]))[0], axis=-1, keepdims=True)
         scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
     if top_p < 1.0:
-        sorted_desc = -jnp.sort(-scaled, axis=-1)
-        probs = jax.nn.softmax(sorted_desc, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        threshold = jnp.min(jnp.where(mass_before < top_p, sorted_desc, jnp.inf), axis=-1, keepdims=True)
-        scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
+        probs = jax.nn.softmax(scaled, axis=-1)
+
+        def halve(_, bounds):
+            low, high = bounds  # invariant: mass(p >= low) >= top_p > mass(p >= high)
+            mid = 0.5 * (low + high)
+            enough = jnp.sum(jnp.where(probs >= mid, probs, 0.0), axis=-1, keepdims=True) >= top_p
+            return jnp.where(enough, mid, low), jnp.where(enough, high, mid)
+
+        high = jnp.nextafter(jnp.max(probs, axis=-1, keepdims=True), jnp.inf)
+        low, _ = jax.lax.fori_loop(0, _TOP_P_BISECTION_STEPS, halve, (jnp.zeros_like(high), high))
+        scaled = jnp.where(probs >= low, scaled, -jnp.inf)
     return scaled
 
 
