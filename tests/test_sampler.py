@@ -7,7 +7,13 @@ import pytest
 
 from jaxrl_llm.models.hf import save_checkpoint
 from jaxrl_llm.models.transformer import CausalLM, init_cache
-from jaxrl_llm.rollout.sampler import SamplingConfig, make_sampler, process_logits, sample_from_logits
+from jaxrl_llm.rollout.sampler import (
+    SamplingConfig,
+    inverse_cdf,
+    make_sampler,
+    process_logits,
+    sample_from_logits,
+)
 
 PROMPT_LEN = 12
 PAD = 0
@@ -316,3 +322,25 @@ def test_top_p_keeps_exactly_the_sorted_nucleus(top_p):
     expected = np.zeros_like(kept)
     np.put_along_axis(expected, order, keep_sorted, -1)
     np.testing.assert_array_equal(kept, expected)
+
+
+def test_inverse_cdf_never_returns_zero_weight_entries():
+    """Zero blocks, zeros inside blocks, a ragged last block and uniforms at 0 and just below 1."""
+    v = 300  # not a multiple of the 128-entry block
+    weights = np.zeros((6, v), np.float32)
+    weights[:, [5, 130, 299]] = [1.0, 1e-30, 3.0]  # block 1 holds only a denormal-sized weight
+    weights[1] = 0
+    weights[1, 129] = 1.0  # a single allowed entry
+    uniform = jnp.asarray([0.0, 0.5, 1 - 2**-24, 0.25, 0.999999, 0.75], jnp.float32)
+    picked = np.asarray(inverse_cdf(jnp.asarray(weights), uniform))
+    assert (weights[np.arange(6), picked] > 0).all(), picked
+    assert picked[1] == 129 and picked[0] == 5 and picked[2] == 299
+
+
+def test_inverse_cdf_frequencies_match_weights():
+    weights = jax.random.uniform(jax.random.PRNGKey(0), (1, 1000)) ** 4
+    uniform = jax.random.uniform(jax.random.PRNGKey(1), (200_000,))
+    picked = np.asarray(jax.jit(inverse_cdf)(jnp.broadcast_to(weights, (200_000, 1000)), uniform))
+    freq = np.bincount(picked, minlength=1000) / 200_000
+    expected = np.asarray(weights[0] / weights.sum())
+    assert np.abs(freq - expected).max() < 5 * np.sqrt(expected.max() / 200_000)

@@ -62,6 +62,7 @@ class SamplingConfig:
 
 
 _TOP_P_BISECTION_STEPS = 32
+_CDF_BLOCK = 128
 
 
 class SampleOutput(NamedTuple):
@@ -116,20 +117,45 @@ def process_logits(logits: Array, temperature: float, top_k: int = 0, top_p: flo
     return scaled
 
 
+def _first_exceeding(cdf: Array, target: Array) -> Array:
+    """Index of the first entry of each row of cdf [N, M] that is > target [N] (must exist)."""
+    return jnp.argmax(cdf > target[:, None], axis=-1)
+
+
+def inverse_cdf(weights: Array, uniform: Array, block: int = _CDF_BLOCK) -> Array:
+    """Index i with probability weights[i] / sum(weights), per row. [N, V], [N] in [0, 1) -> [N].
+
+    Two-level inverse CDF: pick a block of `block` entries from the cumulative block masses,
+    then the entry inside it, so no V-wide cumulative sum is built (on XLA:CPU that is a
+    reduce-window costing ~0.4 ms per [16, 32000] step). Entries of zero weight are never
+    returned: the first index whose cumulative mass exceeds a target below the total has
+    positive weight, at both levels (targets are clamped below each level's total).
+    """
+    n, v = weights.shape
+    blocks = jnp.pad(weights, ((0, 0), (0, -v % block))).reshape(n, -1, block)
+    block_mass = jnp.sum(blocks, axis=-1)  # [N, V / block]
+    block_cdf = jnp.cumsum(block_mass, axis=-1)
+    target = uniform * block_cdf[:, -1]
+    chosen = _first_exceeding(block_cdf, target)
+    inner = jnp.take_along_axis(blocks, chosen[:, None, None], axis=1)[:, 0]  # [N, block]
+    inner_cdf = jnp.cumsum(inner, axis=-1)
+    mass_before = jnp.take_along_axis(block_cdf - block_mass, chosen[:, None], axis=1)[:, 0]
+    inner_target = jnp.clip(target - mass_before, 0.0, jnp.nextafter(inner_cdf[:, -1], 0.0))
+    return chosen * block + _first_exceeding(inner_cdf, inner_target)
+
+
 def sample_from_logits(logits: Array, uniform: Array, config: SamplingConfig) -> Array:
     """Draws one token per row. logits [N, V], uniform [N] in [0, 1) -> tokens [N] int32.
 
-    Inverse-CDF sampling: the first token whose cumulative (processed) softmax exceeds
-    u * total mass. One uniform per row instead of V Gumbel draws, and the sampler draws all
-    T x N uniforms before its decode loop, so no random-number generation runs per step.
-    Tokens with zero probability are never returned: the first index with cdf > u has mass > 0.
+    Inverse-CDF sampling of softmax(process_logits(...)): one uniform per row instead of V
+    Gumbel draws, and the sampler draws all T x N uniforms before its decode loop, so no
+    random-number generation runs per step. Filtered (zero-probability) tokens never come out.
     """
     if config.temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    probs = jax.nn.softmax(process_logits(logits, config.temperature, config.top_k, config.top_p), axis=-1)
-    cdf = jnp.cumsum(probs, axis=-1)
-    threshold = uniform[:, None] * cdf[:, -1:]
-    return jnp.argmax(cdf > threshold, axis=-1).astype(jnp.int32)
+    scaled = process_logits(logits, config.temperature, config.top_k, config.top_p)
+    weights = jnp.exp(scaled - jnp.max(scaled, axis=-1, keepdims=True))  # unnormalised softmax
+    return inverse_cdf(weights, uniform).astype(jnp.int32)
 
 
 def token_logprobs(logits: Array, tokens: Array, temperature: float) -> Array:
