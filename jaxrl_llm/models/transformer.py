@@ -2,8 +2,8 @@
 
 Shapes: B batch, S sequence, D d_model, H query heads, K key/value heads, R = H // K,
 Dh head_dim, F mlp_dim, V vocab. Every parameter carries logical axis names
-('vocab', 'embed', 'heads', 'kv_heads', 'head_dim', 'mlp') that `jaxrl_llm.sharding` maps onto
-the ('data', 'fsdp', 'tensor') mesh.
+('vocab', 'embed', 'heads', 'kv_heads', 'head_dim', 'mlp'; see `logical_axes`) for a rule table
+to map onto the ('data', 'fsdp', 'tensor') mesh; activations carry 'batch'/'length' constraints.
 
 Two attention paths share the same weights:
   * full causal self-attention over a padded [B, S] batch (training, scoring, prefill);
