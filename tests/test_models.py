@@ -766,3 +766,8 @@ def test_reward_checkpoint_cannot_become_causal_lm(hf_reward):
     """An untied reward model has no LM head: asking for one is an error, never a random head."""
     with pytest.raises(CheckpointMismatchError, match="lm_head"):
         load_checkpoint(hf_reward["dir"], head="causal_lm")
+
+
+def test_directory_without_config_json(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_checkpoint(str(tmp_path))

@@ -167,6 +167,11 @@ def load_checkpoint(path: str, head: str | None = None, rng: jax.Array | None = 
       UnsupportedModelError for architectures or options outside the Llama/Qwen2/Qwen3 family;
       CheckpointMismatchError naming the tensor for missing, unexpected or mis-shaped tensors.
     """
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"no config.json in {path!r}: expected a local Hugging Face checkpoint directory "
+            "(config.json + *.safetensors, e.g. from `huggingface-cli download` or `save_pretrained`)."
+        )
     hf_config = _read_json(os.path.join(path, "config.json"))
     stored_head = _head_from_architectures(hf_config)
     head = head or stored_head
