@@ -16,6 +16,7 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
+from hf_helpers import randomise_biases_and_norms
 from jax.sharding import PartitionSpec
 from safetensors.numpy import load_file, save_file
 
@@ -101,18 +102,6 @@ def _torch_forward(model, ids, mask):
     return out.logits.float().numpy()
 
 
-def _randomise(model, std=0.1):
-    """Random nonzero biases and RMSNorm weights (HF initialises them to 0 and 1)."""
-    import torch
-
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0.0, std)
-            elif "norm" in name:
-                p.copy_(1.0 + std * torch.randn_like(p))
-
-
 @functools.cache
 def _jitted(module_cls, config):
     return jax.jit(module_cls(config).apply)
@@ -153,7 +142,7 @@ def hf_models(tmp_path_factory):
         torch.manual_seed(seed)
         hf_config = getattr(transformers, config_cls)(**HF_COMMON, **extra)
         model = getattr(transformers, model_cls)(hf_config).eval()
-        _randomise(model)
+        randomise_biases_and_norms(model)
         path = str(tmp_path_factory.mktemp(f"hf_{arch}"))
         model.save_pretrained(path)
         out[arch] = dict(dir=path, model=model, logits=_torch_forward(model, ids, mask))
@@ -182,7 +171,7 @@ def hf_reward(tmp_path_factory):
         **HF_COMMON, num_labels=1, pad_token_id=PAD_ID, tie_word_embeddings=False
     )
     model = transformers.LlamaForSequenceClassification(hf_config).eval()
-    _randomise(model)
+    randomise_biases_and_norms(model)
     path = str(tmp_path_factory.mktemp("hf_reward"))
     model.save_pretrained(path)
     ids, mask = _batch("right")

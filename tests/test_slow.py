@@ -8,6 +8,7 @@ check that nothing drifts at realistic widths, 32k vocabularies and hundreds of 
 import jax
 import numpy as np
 import pytest
+from hf_helpers import randomise_biases_and_norms
 
 from jaxrl_llm.models.hf import load_checkpoint
 from jaxrl_llm.models.transformer import CausalLM
@@ -57,10 +58,7 @@ def _hf_model(arch, path):
         **extra,
     )
     model = getattr(transformers, model_cls)(config).eval()
-    with torch.no_grad():  # HF zero-initialises biases and norms: randomise them too
-        for name, param in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                param.copy_(torch.randn_like(param) * 0.1 + (1.0 if "norm" in name else 0.0))
+    randomise_biases_and_norms(model)
     model.save_pretrained(path)
     return model
 
