@@ -1,6 +1,7 @@
 """Command-line entry point: `python -m jaxrl_llm.main --config=configs/<file>.py [--workdir=DIR]`.
 
-Any config field can be overridden on the command line, e.g. `--config.sampling.top_p=0.9`.
+Any config field can be overridden on the command line, e.g. `--config.algo.beta=0.02`. Training
+jobs write to `--workdir` (default `runs/<config.name>`) and resume when it holds a checkpoint.
 """
 
 import logging
@@ -8,11 +9,13 @@ import os
 
 import jax
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jaxrl_llm.rollout.demo import run_sampling
+from jaxrl_llm.train.trainer import Interrupted, train
 
-JOBS = {"sample": run_sampling}
+JOBS = {"sample": run_sampling, "train": train}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs (samples, logs, checkpoints).")
@@ -20,6 +23,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs (samples,
 
 def main(argv):
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notices on CPU
+    if not flags.FLAGS["verbosity"].present:  # TFDS/orbax INFO lines drown the progress bar
+        absl_logging.set_verbosity(absl_logging.WARNING)
     if not jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR overrides
         # A second run reuses compiled step functions instead of compiling them again.
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/jaxrl_llm/xla"))
@@ -30,7 +35,13 @@ def main(argv):
         raise app.UsageError("--config is required, e.g. --config=configs/sample_demo.py")
     if config.job not in JOBS:
         raise app.UsageError(f"config.job={config.job!r} is not one of {sorted(JOBS)}")
-    JOBS[config.job](config, _WORKDIR.value)
+    workdir = _WORKDIR.value
+    if workdir is None and config.job == "train":
+        workdir = os.path.join("runs", config.name)
+    try:
+        JOBS[config.job](config, workdir)
+    except Interrupted as stop:
+        print(stop)
 
 
 if __name__ == "__main__":

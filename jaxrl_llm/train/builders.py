@@ -1,0 +1,87 @@
+"""Config -> objects: model + tokenizer, optimiser, schedules, reward functions."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from jaxrl_llm.data.tokenizer import Tokenizer, char_tokenizer, load_tokenizer
+from jaxrl_llm.models.config import TransformerConfig
+from jaxrl_llm.models.hf import load_checkpoint
+from jaxrl_llm.models.transformer import init_params
+from jaxrl_llm.rewards import get_reward
+
+MODEL_SHAPE_FIELDS = (
+    "d_model",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "mlp_dim",
+    "head_dim",
+    "max_position_embeddings",
+    "init_std",
+    "tie_embeddings",
+)
+
+
+def build_model(config) -> tuple[TransformerConfig, dict, Tokenizer]:
+    """(model config, params, tokenizer).
+
+    `config.model.checkpoint` set: a local Hugging Face directory (config.json, *.safetensors,
+    tokenizer.json). Otherwise a randomly initialised model of the shape in `config.model`
+    with a character tokenizer over `config.tokenizer.alphabet` (the embedded arithmetic task).
+    """
+    m = config.model
+    if m.checkpoint:
+        model_config, params = load_checkpoint(m.checkpoint, dtype=m.dtype)
+        tokenizer = load_tokenizer(m.checkpoint)
+    else:
+        tokenizer = char_tokenizer(config.tokenizer.alphabet)
+        shape = {k: m[k] for k in MODEL_SHAPE_FIELDS if k in m and m[k] is not None}
+        model_config = TransformerConfig(
+            vocab_size=tokenizer.vocab_size,
+            dtype=m.dtype,
+            eos_token_id=tokenizer.eos_ids,
+            pad_token_id=tokenizer.pad_id,
+            bos_token_id=tokenizer.bos_id,
+            **shape,
+        )
+        params = init_params(model_config, jax.random.PRNGKey(config.seed))
+    if tokenizer.vocab_size > model_config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} ids but the model only {model_config.vocab_size} "
+            f"embeddings: checkpoint {m.checkpoint!r} and its tokenizer do not belong together"
+        )
+    return model_config, params, tokenizer
+
+
+def make_schedule(learning_rate: float, schedule: str, warmup_steps: int, total_steps: int):
+    """'constant' | 'linear' (to 0) | 'cosine' (to 0), each after a linear warm-up from 0."""
+    decay_steps = max(total_steps - warmup_steps, 1)
+    if schedule == "constant":
+        main = optax.constant_schedule(learning_rate)
+    elif schedule == "linear":
+        main = optax.linear_schedule(learning_rate, 0.0, decay_steps)
+    elif schedule == "cosine":
+        main = optax.cosine_decay_schedule(learning_rate, decay_steps)
+    else:
+        raise ValueError(f"optimizer.schedule={schedule!r}; use 'constant', 'linear' or 'cosine'")
+    if warmup_steps <= 0:
+        return main
+    warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def make_optimizer(opt, total_steps: int) -> optax.GradientTransformation:
+    """Global-norm clipping (opt.grad_clip > 0) then AdamW with the configured schedule."""
+    lr = make_schedule(opt.learning_rate, opt.schedule, opt.warmup_steps, total_steps)
+    adam = optax.adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
+    return optax.chain(optax.clip_by_global_norm(opt.grad_clip), adam) if opt.grad_clip > 0 else adam
+
+
+def reward_functions(rewards_config) -> list[tuple[str, object, float]]:
+    """config.rewards = {name: weight} -> [(name, fn, weight)] from the reward registry."""
+    fns = [(name, get_reward(name), float(weight)) for name, weight in rewards_config.items()]
+    if not fns:
+        raise ValueError("config.rewards is empty; add one, e.g. --config.rewards.exact_match=1.0")
+    return fns

@@ -1,0 +1,118 @@
+"""The default training config: every field the trainer reads, with its meaning.
+
+Experiment files in `configs/` start from `base_config()` and change what they need; any field
+can be overridden on the command line (`--config.algo.beta=0.02`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+ARITHMETIC_ALPHABET = "0123456789+-*/=# \n"
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.job = "train"
+    c.name = "run"  # default workdir: runs/<name>
+    c.seed = 0
+    c.progress = True  # tqdm progress bars
+
+    # Model: a local HF checkpoint directory, or (checkpoint='') a random model of this shape
+    # with a character tokenizer over `tokenizer.alphabet`.
+    c.model = ml_collections.ConfigDict(
+        dict(
+            checkpoint="",
+            dtype="float32",  # 'bfloat16' on accelerators; float32 is faster on XLA:CPU
+            d_model=128,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=4,
+            mlp_dim=512,
+            max_position_embeddings=64,
+            init_std=0.02,
+            tie_embeddings=False,
+        )
+    )
+    c.tokenizer = ml_collections.ConfigDict(dict(alphabet=ARITHMETIC_ALPHABET))
+
+    # Data: records {question, answer} in GSM8K format ("... #### 579").
+    c.data = ml_collections.ConfigDict(
+        dict(
+            name="arithmetic",  # 'arithmetic' (TFDS, generated offline) | 'gsm8k' (TFDS) | 'jsonl'
+            builder_config="add3",
+            data_dir="",  # TFDS data dir ('' = TFDS default)
+            path="",  # jsonl: path with a {split} placeholder
+            splits=("train", "validation", "test"),
+            question_field="question",
+            answer_field="answer",
+            max_prompt_len=12,  # prompt budget in tokens; longer prompts are an error
+            chat=False,  # wrap questions with the tokenizer's chat template
+            instruction="",  # text put before each question
+            sft_target="final_answer",  # SFT target: 'final_answer' (after ####) | 'answer'
+        )
+    )
+
+    # Sampling for rollouts (G = num_samples per prompt).
+    c.sampling = ml_collections.ConfigDict(
+        dict(max_new_tokens=6, num_samples=8, temperature=1.0, top_k=0, top_p=1.0)
+    )
+
+    # Algorithm: `name` from the registry; other fields are its hyper-parameters.
+    c.algo = ml_collections.ConfigDict(dict(name="grpo"))
+
+    # Rewards: {registered reward function: weight}; the total is the weighted sum.
+    c.rewards = ml_collections.ConfigDict(dict(exact_match=1.0))
+
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            learning_rate=3e-4,
+            schedule="constant",  # 'constant' | 'linear' | 'cosine' (after warm-up)
+            warmup_steps=0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            grad_clip=1.0,  # global-norm clipping; 0 disables
+        )
+    )
+    # Critic (algorithms with a value objective): overrides of `optimizer`.
+    c.critic = ml_collections.ConfigDict(dict(optimizer=ml_collections.ConfigDict(dict(learning_rate=1e-3))))
+
+    c.train = ml_collections.ConfigDict(
+        dict(
+            steps=300,
+            batch_size=64,  # prompts per step (pairs for preference algorithms)
+            epochs=1,  # passes over each rollout
+            minibatches=1,  # optimiser steps per epoch
+            microbatches=1,  # gradient accumulation within a mini-batch
+            nonfinite="stop",  # NaN/Inf loss or gradient: 'stop' (raise) or 'skip' the update
+            checkpoint_every=50,
+            keep_checkpoints=2,
+        )
+    )
+
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            split="test",
+            every=50,  # steps between evaluations (0: only before/after)
+            num_prompts=512,
+            batch_size=256,
+            pass_k=8,
+            temperature=1.0,
+            reward="exact_match",  # the correctness check for accuracy / pass@k
+        )
+    )
+
+    # Optional supervised warm-start before the main algorithm (steps=0 disables).
+    c.sft = ml_collections.ConfigDict(
+        dict(
+            steps=0,  # maximum SFT steps
+            batch_size=64,
+            target_accuracy=0.0,  # stop when greedy accuracy on eval_split reaches it (0: never)
+            eval_every=10,
+            eval_split="validation",
+            optimizer=ml_collections.ConfigDict(dict(learning_rate=1e-3)),  # overrides of `optimizer`
+        )
+    )
+    return c

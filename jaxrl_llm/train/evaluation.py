@@ -1,0 +1,135 @@
+"""Held-out evaluation: greedy accuracy, pass@k and (for preference phases) pair accuracy."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+
+from jaxrl_llm.data import pipeline
+from jaxrl_llm.losses.preference import sequence_logps
+from jaxrl_llm.rewards import score_completions
+from jaxrl_llm.rollout.sampler import SamplingConfig, make_sampler
+from jaxrl_llm.train.forward import policy_outputs
+
+
+def decode_responses(tokenizer, ids: np.ndarray, mask: np.ndarray, stop_ids) -> tuple[list[str], np.ndarray]:
+    """Response rows [N, T] -> (completion texts without the stop token, finished flags [N])."""
+    is_stop = np.isin(ids, np.asarray(tuple(stop_ids) or (-1,))) & (mask == 1)
+    keep = (mask == 1) & ~is_stop
+    completions = tokenizer.batch_decode([row[k].tolist() for row, k in zip(ids, keep)])
+    return completions, is_stop.any(axis=1)
+
+
+def pass_at_k(num_samples: int, num_correct: np.ndarray, k: int) -> np.ndarray:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021, arXiv 2107.03374):
+    1 - C(n - c, k) / C(n, k). With n == k it is 1 if any sample is correct."""
+    n = num_samples
+    return np.array([1.0 - math.comb(n - c, k) / math.comb(n, k) for c in np.asarray(num_correct)])
+
+
+class Evaluator:
+    """`evaluator(params, split, ref_params, algorithm) -> {metric: value}` on the first
+    `eval.num_prompts` records of `split`, in fixed-size batches (one compile per sampler)."""
+
+    def __init__(self, model_config, tokenizer, sources, reward_fns, config, sampling: SamplingConfig):
+        self.config = config
+        self.model_config = model_config
+        self.tokenizer = tokenizer
+        self.sources = sources
+        self.reward_fns = reward_fns
+        e = config.eval
+        self.greedy = make_sampler(model_config, dataclasses.replace(sampling, num_samples=1, temperature=0.0))
+        self.k = e.pass_k
+        self.sampled = (
+            make_sampler(
+                model_config, dataclasses.replace(sampling, num_samples=e.pass_k, temperature=e.temperature)
+            )
+            if e.pass_k > 0
+            else None
+        )
+        self.rng = jax.random.PRNGKey(config.seed + 12345)
+        self._pair_logps = jax.jit(self._pair_logps_fn)
+
+    def _batches(self, split: str, kind: str):
+        d, e = self.config.data, self.config.eval
+        if split not in self.sources:
+            raise ValueError(f"eval split {split!r} is not in data.splits={tuple(self.sources)}")
+        source = self.sources[split]
+        n = min(e.num_prompts, len(source))
+        size = min(e.batch_size, n)
+        common = dict(
+            batch_size=size,
+            max_prompt_len=d.max_prompt_len,
+            seed=0,
+            chat=d.chat,
+            instruction=d.instruction,
+            question_field=d.question_field,
+            answer_field=d.answer_field,
+            shuffle=False,
+        )
+        if kind == "preference":
+            ds = pipeline.preference_dataset(
+                source, self.tokenizer, max_target_len=self.greedy_len, **common
+            )
+        else:
+            ds = pipeline.prompt_dataset(source, self.tokenizer, **common)
+        return n, [ds[i] for i in range(math.ceil(n / size))]
+
+    @property
+    def greedy_len(self) -> int:
+        return self.config.sampling.max_new_tokens
+
+    def _correct(self, sampler, params, batch, rng, g: int) -> np.ndarray:
+        out = sampler(params, batch["prompt_ids"], batch["prompt_mask"], rng)
+        ids, mask = np.asarray(out.response_ids), np.asarray(out.response_mask)
+        completions, finished = decode_responses(self.tokenizer, ids, mask, self.tokenizer.eos_ids)
+        prompts, answers = np.repeat(batch["prompts"], g), np.repeat(batch["answers"], g)
+        rewards, _ = score_completions(self.reward_fns, prompts, completions, answers, finished)
+        return (rewards > 0.5).reshape(-1, g)
+
+    def __call__(self, params, split: str, ref_params=None, algorithm=None) -> dict:
+        n, batches = self._batches(split, "prompts")
+        greedy, num_correct = [], []
+        for i, batch in enumerate(batches):
+            greedy.append(self._correct(self.greedy, params, batch, self.rng, 1)[:, 0])
+            if self.sampled is not None:
+                rng = jax.random.fold_in(self.rng, i + 1)
+                num_correct.append(self._correct(self.sampled, params, batch, rng, self.k).sum(1))
+        results = {"greedy_accuracy": float(np.concatenate(greedy)[:n].mean())}
+        if self.sampled is not None:
+            c = np.concatenate(num_correct)[:n]
+            results[f"pass_at_{self.k}"] = float(pass_at_k(self.k, c, self.k).mean())
+            results["sample_accuracy"] = float((c / self.k).mean())
+        if algorithm is not None and algorithm.data == "preference":
+            results.update(self._preference_accuracy(params, ref_params, split))
+        return results
+
+    def _pair_logps_fn(self, params, batch):
+        def logps(ids, mask):
+            out = policy_outputs(
+                self.model_config, params, batch["prompt_ids"], batch["prompt_mask"], ids, mask, 1.0
+            )
+            return sequence_logps(out.logp, mask)
+
+        return logps(batch["chosen_ids"], batch["chosen_mask"]), logps(batch["rejected_ids"], batch["rejected_mask"])
+
+    def _preference_accuracy(self, params, ref_params, split: str) -> dict:
+        n, batches = self._batches(split, "preference")
+        margins, ref_margins = [], []
+        for batch in batches:
+            arrays = {k: v for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype != object}
+            c, r = self._pair_logps(params, arrays)
+            margins.append(np.asarray(c - r))
+            if ref_params is not None:
+                rc, rr = self._pair_logps(ref_params, arrays)
+                ref_margins.append(np.asarray(rc - rr))
+        margin = np.concatenate(margins)[:n]
+        results = {"likelihood_accuracy": float((margin > 0).mean())}
+        if ref_params is not None:
+            implicit = margin - np.concatenate(ref_margins)[:n]
+            results["preference_accuracy"] = float((implicit > 0).mean())
+        return results
+

@@ -1,0 +1,440 @@
+"""The algorithm-agnostic trainer: `train(config, workdir)`.
+
+A run is a list of phases (an optional SFT warm-start, then the configured algorithm). Each step:
+prompts -> rollout (jitted KV-cache sampler) -> scores (host reward functions) -> the passes the
+algorithm asks for + its transform (`prepare`, jitted) -> epochs x mini-batches of `update`
+(jitted, gradient accumulation over micro-batches). Preference and supervised phases skip the
+sampling. Metrics go to `workdir/metrics.jsonl` and TensorBoard; orbax checkpoints to
+`workdir/checkpoints/<phase>` every `train.checkpoint_every` steps and on SIGTERM; rerunning the
+same command resumes the same trajectory (data position and RNG are functions of the step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxrl_llm.algorithms import make_algorithm
+from jaxrl_llm.data import pipeline
+from jaxrl_llm.data.sources import make_source
+from jaxrl_llm.models.transformer import init_params
+from jaxrl_llm.rewards import score_completions
+from jaxrl_llm.rollout.sampler import SamplingConfig, make_sampler
+from jaxrl_llm.train import builders
+from jaxrl_llm.train.checkpoint import Checkpointer, save_on_sigterm
+from jaxrl_llm.train.evaluation import Evaluator, decode_responses
+from jaxrl_llm.train.metrics import MetricsWriter
+from jaxrl_llm.train.plots import plot_curves
+from jaxrl_llm.train.steps import TrainState, make_step_fns
+from jaxrl_llm.types import Algorithm, PreferenceBatch, Rollout
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A step produced a NaN/Inf loss or gradient and `train.nonfinite == 'stop'`."""
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint of the last completed step was written."""
+
+
+@dataclasses.dataclass
+class Phase:
+    name: str  # 'sft' or 'main'
+    algorithm: Algorithm
+    steps: int  # maximum number of steps in this phase
+    batch_size: int  # prompts (or pairs / examples) per step
+    optimizer: Any
+    critic_optimizer: Any
+    stop_metric: tuple[str, float] | None = None  # (eval key, threshold) ends the phase early
+    eval_every: int = 0
+    eval_split: str = "test"
+
+
+def _phase_list(config, algorithm: Algorithm) -> list[Phase]:
+    t = config.train
+    phases = []
+    if config.sft.steps > 0:
+        sft_opt = ml_collections.ConfigDict(config.optimizer.to_dict())
+        sft_opt.update(config.sft.optimizer.to_dict())
+        phases.append(
+            Phase(
+                name="sft",
+                algorithm=make_algorithm("sft"),
+                steps=config.sft.steps,
+                batch_size=config.sft.batch_size,
+                optimizer=builders.make_optimizer(sft_opt, config.sft.steps),
+                critic_optimizer=None,
+                stop_metric=("greedy_accuracy", config.sft.target_accuracy) if config.sft.target_accuracy else None,
+                eval_every=config.sft.eval_every,
+                eval_split=config.sft.eval_split,
+            )
+        )
+    updates = t.steps * t.epochs * t.minibatches
+    critic_opt = None
+    if algorithm.value_objective is not None:
+        critic_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
+        critic_cfg.update(config.critic.optimizer.to_dict())
+        critic_opt = builders.make_optimizer(critic_cfg, updates)
+    phases.append(
+        Phase(
+            name="main",
+            algorithm=algorithm,
+            steps=t.steps,
+            batch_size=t.batch_size,
+            optimizer=builders.make_optimizer(config.optimizer, updates),
+            critic_optimizer=critic_opt,
+            eval_every=config.eval.every,
+            eval_split=config.eval.split,
+        )
+    )
+    return phases
+
+
+def validate_config(config) -> None:
+    """Clear errors for option combinations that would otherwise fail deep inside JAX."""
+    t = config.train
+    if t.nonfinite not in ("stop", "skip"):
+        raise ValueError(f"train.nonfinite={t.nonfinite!r}; use 'stop' or 'skip'")
+    for field in ("steps", "batch_size", "epochs", "minibatches", "microbatches"):
+        if t[field] < (0 if field == "steps" else 1):
+            raise ValueError(f"train.{field}={t[field]} must be positive")
+    rows = t.batch_size * (config.sampling.num_samples if config.algo.name != "dpo" else 1)
+    if rows % (t.minibatches * t.microbatches):
+        raise ValueError(
+            f"train.batch_size x sampling.num_samples = {rows} rows do not split into "
+            f"train.minibatches={t.minibatches} x train.microbatches={t.microbatches} equal parts"
+        )
+
+
+class Trainer:
+    """Holds the built pieces of a run; `fit()` runs every phase (resuming if possible)."""
+
+    def __init__(self, config, workdir: str):
+        validate_config(config)
+        self.config = config
+        self.workdir = os.path.abspath(workdir)
+        os.makedirs(workdir, exist_ok=True)
+        self._check_config_snapshot()
+        algo_kwargs = {k: v for k, v in config.algo.items() if k != "name"}
+        self.algorithm = make_algorithm(config.algo.name, **algo_kwargs)
+        self.model_config, self.init_params, self.tokenizer = builders.build_model(config)
+        self.tokenizer.save(os.path.join(workdir, "tokenizer"))
+        self.reward_fns = builders.reward_functions(config.rewards)
+        self.eval_reward = builders.reward_functions({config.eval.reward: 1.0})
+        self.sources = {split: make_source(config.data, split) for split in config.data.splits}
+        s = config.sampling
+        self.sampling = SamplingConfig(
+            max_new_tokens=s.max_new_tokens,
+            num_samples=s.num_samples,
+            temperature=s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            stop_ids=self.tokenizer.eos_ids,
+            pad_id=self.tokenizer.pad_id,
+        )
+        self.sampler = make_sampler(self.model_config, self.sampling)
+        self.phases = _phase_list(config, self.algorithm)
+        self.evaluator = Evaluator(
+            self.model_config, self.tokenizer, self.sources, self.eval_reward, config, self.sampling
+        )
+        self.writer: MetricsWriter | None = None
+        self.summary: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ setup helpers
+    def _check_config_snapshot(self) -> None:
+        path = os.path.join(self.workdir, "config.json")
+        current = json.loads(self.config.to_json_best_effort(sort_keys=True))
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            flat_saved, flat_now = _flatten(saved), _flatten(current)
+            changed = sorted(
+                k for k in set(flat_saved) | set(flat_now) if flat_saved.get(k) != flat_now.get(k)
+            )
+            changed = [k for k in changed if k not in ("train.steps",)]
+            if changed:
+                raise ValueError(
+                    f"workdir {self.workdir!r} holds a run with a different config (fields: "
+                    f"{', '.join(changed[:10])}); use a new --workdir, or delete the old one to start over"
+                )
+        with open(path, "w") as f:
+            json.dump(current, f, indent=2, sort_keys=True)
+
+    def _datasets(self, phase: Phase, seed: int):
+        d = self.config.data
+        common = dict(
+            batch_size=phase.batch_size,
+            max_prompt_len=d.max_prompt_len,
+            seed=seed,
+            chat=d.chat,
+            instruction=d.instruction,
+            question_field=d.question_field,
+            answer_field=d.answer_field,
+        )
+        source = self.sources["train"]
+        pipeline.check_prompt_lengths(
+            source,
+            self.tokenizer,
+            d.max_prompt_len,
+            chat=d.chat,
+            instruction=d.instruction,
+            question_field=d.question_field,
+        )
+        kind = phase.algorithm.data
+        T = self.sampling.max_new_tokens
+        if kind == "supervised":
+            return pipeline.sft_dataset(source, self.tokenizer, max_target_len=T, target=d.sft_target, **common)
+        if kind == "preference":
+            return pipeline.preference_dataset(source, self.tokenizer, max_target_len=T, **common)
+        return pipeline.prompt_dataset(source, self.tokenizer, **common)
+
+    def _initial_state(self, phase: Phase, params, step: int) -> TrainState:
+        algo = phase.algorithm
+        critic_params = critic_opt = None
+        if algo.value_objective is not None:
+            critic_params = _critic_from_policy(self.model_config, params, self.config.seed)
+            critic_opt = phase.critic_optimizer.init(critic_params)
+        return TrainState(
+            step=jnp.asarray(step, jnp.int32),
+            params=params,
+            opt_state=phase.optimizer.init(params),
+            algo_state=algo.transform.init(),
+            rng=jax.random.PRNGKey(self.config.seed),
+            ref_params=params if "reference" in algo.passes else None,
+            critic_params=critic_params,
+            critic_opt_state=critic_opt,
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        """Runs (or resumes) every phase; returns the summary also written to summary.json."""
+        params = self.init_params
+        global_step = 0
+        summary_path = os.path.join(self.workdir, "summary.json")
+        if os.path.exists(summary_path):
+            with open(summary_path) as f:
+                self.summary = json.load(f)
+        with save_on_sigterm() as signals:
+            for phase in self.phases:
+                params, global_step = self._run_phase(phase, params, global_step, signals)
+        self.summary["model_params"] = self.model_config.num_params
+        with open(summary_path, "w") as f:
+            json.dump(self.summary, f, indent=2)
+        self._plot()
+        return self.summary
+
+    def _run_phase(self, phase: Phase, params, global_step: int, signals):
+        cfg = self.config
+        ckpt = Checkpointer(
+            os.path.join(self.workdir, "checkpoints", phase.name),
+            max_to_keep=cfg.train.keep_checkpoints,
+            save_every=cfg.train.checkpoint_every,
+        )
+        state = self._initial_state(phase, params, global_step)
+        start = global_step
+        latest = ckpt.latest_step()
+        if latest is not None:
+            state, meta = ckpt.restore(latest, abstract_state=state)
+            start = meta["phase_start"]
+            if meta.get("done"):
+                ckpt.close()
+                return state.params, int(state.step)
+            global_step = int(state.step)
+            print(f"[{phase.name}] resuming from the checkpoint at step {global_step}")
+        else:
+            self._evaluate(phase, state, global_step, tag="before")
+        self.writer = MetricsWriter(self.workdir, resume_step=global_step)
+        dataset = self._datasets(phase, cfg.seed + (1 if phase.name == "main" else 0))
+        prepare, update = make_step_fns(
+            phase.algorithm,
+            self.model_config,
+            phase.optimizer,
+            phase.critic_optimizer,
+            temperature=self.sampling.temperature,
+            microbatches=cfg.train.microbatches,
+            recompute_old_logp=cfg.train.epochs * cfg.train.minibatches > 1,
+        )
+        end = start + phase.steps
+        meta = {"phase": phase.name, "phase_start": start}
+        stop = False
+        with tqdm(total=phase.steps, initial=global_step - start, desc=phase.name, disable=not cfg.progress) as bar:
+            while global_step < end and not stop:
+                t0 = time.perf_counter()
+                state, metrics = self._step(phase, state, dataset[global_step - start], prepare, update)
+                global_step = int(state.step)
+                metrics["step_time"] = time.perf_counter() - t0
+                self.writer.write(global_step, metrics, phase=phase.name)
+                bar.update(1)
+                bar.set_postfix({k: f"{metrics[k]:.3g}" for k in _BAR_KEYS if k in metrics})
+                if phase.eval_every and (global_step - start) % phase.eval_every == 0:
+                    results = self._evaluate(phase, state, global_step)
+                    if phase.stop_metric and results[phase.stop_metric[0]] >= phase.stop_metric[1]:
+                        stop = True
+                if signals.requested():
+                    ckpt.save(global_step, state, meta, force=True)
+                    ckpt.wait()
+                    self.writer.close()
+                    raise Interrupted(f"stopped by a signal; checkpoint at step {global_step} in {self.workdir}")
+                ckpt.save(global_step, state, meta)
+        self._evaluate(phase, state, global_step, tag="after")
+        ckpt.save(global_step, state, {**meta, "done": True}, force=True)
+        ckpt.wait()
+        ckpt.close()
+        self.writer.close()
+        return state.params, global_step
+
+    def _step(self, phase: Phase, state: TrainState, batch_np: dict, prepare, update):
+        cfg = self.config.train
+        kind = phase.algorithm.data
+        metrics: dict[str, float] = {}
+        if kind == "rollout":
+            batch, metrics = self._rollout(state, batch_np)
+        elif kind == "supervised":
+            batch = Rollout(
+                prompt_ids=batch_np["prompt_ids"],
+                prompt_mask=batch_np["prompt_mask"],
+                response_ids=batch_np["target_ids"],
+                response_mask=batch_np["target_mask"],
+            )
+        else:
+            batch = PreferenceBatch(
+                **{k: batch_np[k] for k in ("prompt_ids", "prompt_mask", "chosen_ids", "chosen_mask")},
+                rejected_ids=batch_np["rejected_ids"],
+                rejected_mask=batch_np["rejected_mask"],
+            )
+        t0 = time.perf_counter()
+        batch, state = prepare(state, batch)
+        rows = batch.prompt_ids.shape[0]
+        per_update = rows // cfg.minibatches
+        step_rng = jax.random.fold_in(state.rng, int(state.step))
+        totals: dict[str, Any] = {}
+        num_updates = 0
+        for epoch in range(cfg.epochs):
+            order = (
+                np.asarray(jax.random.permutation(jax.random.fold_in(step_rng, 1000 + epoch), rows))
+                if cfg.minibatches > 1
+                else np.arange(rows)
+            )
+            for mb in range(cfg.minibatches):
+                new_state, m, finite = update(state, batch, order[mb * per_update : (mb + 1) * per_update])
+                if not bool(finite):
+                    if cfg.nonfinite == "stop":
+                        raise NonFiniteLossError(
+                            f"non-finite loss or gradient at step {int(new_state.step) + 1} "
+                            f"(phase {phase.name}, epoch {epoch}, mini-batch {mb}); parameters were not "
+                            f"updated and the last good checkpoint is in {self.workdir}/checkpoints. "
+                            "Set --config.train.nonfinite=skip to skip such steps instead."
+                        )
+                    metrics["skipped_updates"] = metrics.get("skipped_updates", 0) + 1
+                state = new_state
+                totals = m if not totals else jax.tree.map(jnp.add, totals, m)
+                num_updates += 1
+        state = state._replace(step=state.step + 1)
+        for k, v in jax.device_get(totals).items():
+            metrics[k] = float(v) / num_updates
+        metrics["update_time"] = time.perf_counter() - t0
+        if isinstance(state.algo_state, tuple) and hasattr(state.algo_state, "hyperparams"):
+            for k, v in state.algo_state.hyperparams.items():
+                metrics[f"hparam/{k}"] = float(v)
+        return state, metrics
+
+    def _rollout(self, state: TrainState, batch_np: dict) -> tuple[Rollout, dict]:
+        """Samples G responses per prompt and scores them on the host."""
+        t0 = time.perf_counter()
+        g = self.sampling.num_samples
+        rng = jax.random.fold_in(jax.random.fold_in(state.rng, int(state.step)), 0)
+        out = self.sampler(state.params, batch_np["prompt_ids"], batch_np["prompt_mask"], rng)
+        ids, mask = np.asarray(out.response_ids), np.asarray(out.response_mask)
+        sample_time = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        completions, finished = decode_responses(self.tokenizer, ids, mask, self.sampling.stop_ids)
+        prompts = np.repeat(batch_np["prompts"], g)
+        answers = np.repeat(batch_np["answers"], g)
+        rewards, per_fn = score_completions(self.reward_fns, prompts, completions, answers, finished)
+        score_time = time.perf_counter() - t1
+        group_rewards = rewards.reshape(-1, g)
+        lengths = mask.sum(1)
+        metrics = {
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std()),
+            **{f"reward/{name}": float(v.mean()) for name, v in per_fn.items()},
+            "zero_variance_groups": float(np.mean(group_rewards.max(1) == group_rewards.min(1))),
+            "response_length": float(lengths.mean()),
+            "finished_fraction": float(np.mean(finished)),
+            "sample_time": sample_time,
+            "score_time": score_time,
+            "generation_tokens_per_s": float(lengths.sum() / max(sample_time, 1e-9)),
+        }
+        rollout = Rollout(
+            prompt_ids=jnp.repeat(batch_np["prompt_ids"], g, axis=0),
+            prompt_mask=jnp.repeat(batch_np["prompt_mask"], g, axis=0),
+            response_ids=out.response_ids,
+            response_mask=out.response_mask,
+            group_ids=out.group_ids,
+            logp_behav=out.logprobs,
+            rewards=jnp.asarray(rewards, jnp.float32),
+        )
+        return rollout, metrics
+
+    def _evaluate(self, phase: Phase, state: TrainState, step: int, tag: str | None = None) -> dict:
+        split = phase.eval_split if tag is None else self.config.eval.split
+        results = self.evaluator(state.params, split, state.ref_params, phase.algorithm)
+        if self.writer is not None and tag is None:
+            self.writer.write(step, {f"{split}/{k}": v for k, v in results.items()}, phase="eval")
+        if tag is not None:
+            key = f"{phase.name}_{tag}" if phase.name != "sft" or tag == "after" else "initial"
+            if phase.name == "main" and tag == "before" and "sft_after" in self.summary:
+                return results
+            self.summary[key] = {"step": step, "split": split, **results}
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in results.items())
+            print(f"[{phase.name}] {tag}: {split} {shown}")
+        return results
+
+    def _plot(self) -> None:
+        panels = [
+            ("training reward", [(p.name, "reward_mean") for p in self.phases] + [("sft", "nll")]),
+            (
+                "held-out accuracy",
+                [("eval", f"{self.config.eval.split}/greedy_accuracy"), ("eval", f"{self.config.eval.split}/pass_at_{self.config.eval.pass_k}")]
+                + [("eval", f"{self.config.sft.eval_split}/greedy_accuracy")],
+            ),
+        ]
+        path = plot_curves(
+            os.path.join(self.workdir, "metrics.jsonl"), os.path.join(self.workdir, "curves.png"), panels
+        )
+        self.summary["plot"] = path
+
+
+_BAR_KEYS = ("reward_mean", "nll", "loss", "kl")
+
+
+def _critic_from_policy(model_config, policy_params, seed: int):
+    """Critic = the policy's trunk + a zero-initialised value head (V = 0 at the start)."""
+    params = init_params(model_config, jax.random.PRNGKey(seed + 7), head="value")
+    return {"trunk": jax.tree.map(jnp.copy, policy_params["trunk"]), "score": jnp.zeros_like(params["score"])}
+
+
+def _flatten(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def train(config, workdir: str) -> dict:
+    """Trains as configured, writing everything under `workdir`; resumes if it holds checkpoints."""
+    trainer = Trainer(config, workdir)
+    return trainer.fit()
