@@ -21,13 +21,16 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1,<3",
     "tqdm>=4.66,<5",
     "numpy>=2.0,<3",
+    "importlib_resources>=6",  # TFDS 4.9 imports it to locate builders but declares it only for py<3.9
+    "tensorboardX>=2.6,<3",  # TensorBoard event files without TensorFlow
+    "matplotlib>=3.9,<4",  # the reward/accuracy curves every training run writes
 ]
 
 # torch is pinned to the CPU wheel that lies on the project machine's disk: an unpinned
 # torch (asked for directly or by transformers/trl) pulls a multi-GB CUDA build.
 TORCH = "torch==2.13.0"
 
-NOTEBOOKS = ["matplotlib>=3.9,<4", "ipykernel>=6.29,<8", "nbclient>=0.10,<1", "nbformat>=5.10,<6"]
+NOTEBOOKS = ["ipykernel>=6.29,<8", "nbclient>=0.10,<1", "nbformat>=5.10,<6"]
 
 EXTRAS = {
     "notebooks": NOTEBOOKS,
@@ -43,7 +46,6 @@ EXTRAS = {
         TORCH,
         "transformers>=5.0,<6",
         "trl>=1.0,<2",
-        "matplotlib>=3.9,<4",
     ],
 }
 

@@ -8,13 +8,13 @@ answer above the wrong one), likelihood accuracy (pi prefers the correct answer)
 accuracy, before and after DPO.
 """
 
-from jaxrl_llm.train.config import base_config
+from jaxrl_llm.train.config import algo_config, base_config
 
 
 def get_config(arg=None):
     c = base_config()
     c.name = "dpo_arithmetic"
-    c.algo = dict(name="dpo", beta=0.1)
+    c.algo = algo_config("dpo", beta=0.1)
     c.train.update(steps=200, batch_size=64)
     c.optimizer.learning_rate = 1e-4
     c.sft.update(steps=2000, target_accuracy=0.3, eval_every=10)

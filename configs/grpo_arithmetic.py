@@ -12,20 +12,19 @@ and pass@8 on the test split are printed before and after GRPO; `curves.png` plo
 reward next to held-out accuracy (the problem space is small enough to memorise, so watch both).
 """
 
-from jaxrl_llm.train.config import base_config
+from jaxrl_llm.train.config import algo_config, base_config
 
 
 def get_config(arg=None):
     c = base_config()
     c.name = "grpo_arithmetic"
-    c.algo = dict(name="grpo", beta=0.0, clip_eps=0.2)
+    c.algo = algo_config("grpo", beta=0.0, clip_eps=0.2)
     c.train.steps = 350
     c.train.batch_size = 64
     c.sampling.num_samples = 8
     c.optimizer.learning_rate = 3e-4
-    c.sft.steps = 2000
-    c.sft.target_accuracy = 0.3
-    c.sft.eval_every = 10
+    c.sft.update(steps=3000, batch_size=128, target_accuracy=0.3, eval_every=25)
+    c.sft.optimizer.learning_rate = 3e-3
     c.eval.every = 50
     if arg == "smoke":
         c.model.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64)

@@ -13,7 +13,7 @@ temperature 1, eps=0.2, beta=0.04 with the k3 estimator, lr 1e-6 with a short wa
 The `smoke` variant is what the tests run on a tiny random Qwen2 checkpoint and a JSONL fixture.
 """
 
-from jaxrl_llm.train.config import base_config
+from jaxrl_llm.train.config import algo_config, base_config
 
 INSTRUCTION = "Solve the problem step by step. Put the final answer after '####'.\n\n"
 
@@ -27,7 +27,7 @@ def get_config(arg=None):
         name="gsm8k", splits=("train", "test"), max_prompt_len=320, chat=True, instruction=INSTRUCTION
     )
     c.sampling.update(max_new_tokens=512, num_samples=8, temperature=1.0)
-    c.algo = dict(name="grpo", beta=0.04, clip_eps=0.2, kl_estimator="k3")
+    c.algo = algo_config("grpo", beta=0.04, clip_eps=0.2, kl_estimator="k3")
     c.rewards = dict(math_answer=1.0)
     c.optimizer.update(learning_rate=1e-6, warmup_steps=20, grad_clip=1.0, weight_decay=0.0)
     c.train.update(steps=500, batch_size=32, microbatches=8, checkpoint_every=50)

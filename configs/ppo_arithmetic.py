@@ -7,13 +7,13 @@ exact-match outcome on the last token minus a small k1 KL-to-reference penalty o
 GAE(gamma=1, lam=0.95), whitened advantages, two epochs of two mini-batches per rollout.
 """
 
-from jaxrl_llm.train.config import base_config
+from jaxrl_llm.train.config import algo_config, base_config
 
 
 def get_config(arg=None):
     c = base_config()
     c.name = "ppo_arithmetic"
-    c.algo = dict(name="ppo", clip_eps=0.2, value_clip=0.2, kl_coef=0.01, gamma=1.0, lam=0.95)
+    c.algo = algo_config("ppo", clip_eps=0.2, value_clip=0.2, kl_coef=0.01, gamma=1.0, lam=0.95)
     c.train.update(steps=200, batch_size=64, epochs=2, minibatches=2)
     c.sampling.num_samples = 4
     c.optimizer.learning_rate = 2e-4

@@ -1,7 +1,22 @@
 """jaxrl_llm: JAX-native reinforcement learning and preference optimisation of language models.
 
-The public API is flat: `import jaxrl_llm as jrl; jrl.make_sampler(...)`.
+The public API is flat: `import jaxrl_llm as jrl; jrl.make_algorithm("grpo", beta=0.04)`.
 """
+
+from jaxrl_llm.algorithms import get_factory, make_algorithm, registered_algorithms
+from jaxrl_llm.algorithms import register as register_algorithm
+from jaxrl_llm.algorithms.dpo import dpo
+from jaxrl_llm.algorithms.grpo import clipped_pg_objective, grpo
+from jaxrl_llm.algorithms.ppo import ppo
+from jaxrl_llm.algorithms.sft import sft
+from jaxrl_llm.data.pipeline import (
+    PromptTooLongError,
+    TargetTooLongError,
+    preference_dataset,
+    prompt_dataset,
+    sft_dataset,
+)
+from jaxrl_llm.data.sources import DatasetFieldError, final_answer, make_source
 
 from jaxrl_llm.data.tokenizer import Tokenizer, char_tokenizer, load_tokenizer
 from jaxrl_llm.models.config import TransformerConfig, UnsupportedModelError, from_hf_config, to_hf_config
@@ -26,30 +41,156 @@ from jaxrl_llm.rollout.sampler import (
     token_logprobs,
 )
 
+from jaxrl_llm.losses import (
+    AGGREGATION_MODES,
+    aggregate,
+    clipped_value_loss,
+    dpo_loss,
+    entropy_from_logits,
+    kl_estimate,
+    logprobs_and_entropy,
+    ppo_clip_loss,
+    sequence_logps,
+)
+from jaxrl_llm.rewards import (
+    RewardFunctionError,
+    exact_match,
+    extract_final_answer,
+    get_reward,
+    math_answer,
+    register_reward,
+    score_completions,
+)
+from jaxrl_llm.train.checkpoint import Checkpointer
+from jaxrl_llm.train.config import base_config
+from jaxrl_llm.train.evaluation import pass_at_k
+from jaxrl_llm.train.forward import critic_values, policy_outputs
+from jaxrl_llm.train.metrics import MetricsWriter, read_metrics
+from jaxrl_llm.train.plots import plot_curves
+from jaxrl_llm.train.steps import TrainState
+from jaxrl_llm.train.trainer import NonFiniteLossError, Trainer, train
+from jaxrl_llm.transforms.base import (
+    InjectState,
+    chain,
+    identity,
+    inject_hyperparams,
+    is_static_zero,
+    named_chain,
+)
+from jaxrl_llm.transforms.estimators import (
+    RunningMoments,
+    gae,
+    group_advantages,
+    last_token_rewards,
+    masked_mean,
+    masked_whiten,
+    rloo_advantages,
+)
+from jaxrl_llm.transforms.rollout import (
+    gae_advantages,
+    group_relative_advantages,
+    kl_penalty_in_reward,
+    normalize_rewards,
+    reward_to_tokens,
+    whiten_advantages,
+)
+from jaxrl_llm.transforms.rollout import rloo_advantages as rloo_advantage_transform
+from jaxrl_llm.types import Algorithm, ModelOutputs, PreferenceBatch, Rollout, RolloutTransform
+
 __all__ = [
+    "AGGREGATION_MODES",
+    "Algorithm",
     "CausalLM",
     "CheckpointMismatchError",
+    "Checkpointer",
+    "DatasetFieldError",
+    "InjectState",
     "KVCache",
+    "MetricsWriter",
+    "ModelOutputs",
+    "NonFiniteLossError",
+    "PreferenceBatch",
+    "PromptTooLongError",
+    "RewardFunctionError",
     "RewardModel",
+    "Rollout",
+    "RolloutTransform",
+    "RunningMoments",
     "SampleOutput",
     "SamplingConfig",
+    "TargetTooLongError",
     "Tokenizer",
+    "TrainState",
+    "Trainer",
     "Transformer",
     "TransformerConfig",
     "UnsupportedModelError",
     "ValueModel",
+    "aggregate",
+    "base_config",
+    "chain",
     "char_tokenizer",
+    "clipped_pg_objective",
+    "clipped_value_loss",
+    "critic_values",
+    "dpo",
+    "dpo_loss",
+    "entropy_from_logits",
+    "exact_match",
+    "extract_final_answer",
+    "final_answer",
     "from_hf_config",
+    "gae",
+    "gae_advantages",
+    "get_factory",
+    "get_reward",
+    "group_advantages",
+    "group_relative_advantages",
+    "grpo",
+    "identity",
     "init_cache",
     "init_params",
+    "inject_hyperparams",
+    "is_static_zero",
+    "kl_estimate",
+    "kl_penalty_in_reward",
+    "last_token_rewards",
     "load_checkpoint",
     "load_tokenizer",
     "logical_axes",
+    "logprobs_and_entropy",
+    "make_algorithm",
     "make_sampler",
+    "make_source",
+    "masked_mean",
+    "masked_whiten",
+    "math_answer",
+    "named_chain",
+    "normalize_rewards",
+    "pass_at_k",
+    "plot_curves",
+    "policy_outputs",
     "positions_from_mask",
+    "ppo",
+    "ppo_clip_loss",
+    "preference_dataset",
     "process_logits",
+    "prompt_dataset",
+    "read_metrics",
+    "register_algorithm",
+    "register_reward",
+    "registered_algorithms",
+    "reward_to_tokens",
+    "rloo_advantage_transform",
+    "rloo_advantages",
     "sample_from_logits",
     "save_checkpoint",
+    "score_completions",
+    "sequence_logps",
+    "sft",
+    "sft_dataset",
     "to_hf_config",
     "token_logprobs",
+    "train",
+    "whiten_advantages",
 ]

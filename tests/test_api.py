@@ -10,11 +10,24 @@ import jaxrl_llm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 EXPECTED_API = {
-    "CausalLM", "CheckpointMismatchError", "KVCache", "RewardModel", "SampleOutput", "SamplingConfig",
-    "Tokenizer", "Transformer", "TransformerConfig", "UnsupportedModelError", "ValueModel",
-    "char_tokenizer", "from_hf_config", "init_cache", "init_params", "load_checkpoint", "load_tokenizer",
-    "logical_axes", "make_sampler", "positions_from_mask", "process_logits", "sample_from_logits",
-    "save_checkpoint", "to_hf_config", "token_logprobs",
+    "AGGREGATION_MODES", "Algorithm", "CausalLM", "CheckpointMismatchError", "Checkpointer",
+    "DatasetFieldError", "InjectState", "KVCache", "MetricsWriter", "ModelOutputs",
+    "NonFiniteLossError", "PreferenceBatch", "PromptTooLongError", "RewardFunctionError", "RewardModel",
+    "Rollout", "RolloutTransform", "RunningMoments", "SampleOutput", "SamplingConfig",
+    "TargetTooLongError", "Tokenizer", "TrainState", "Trainer", "Transformer", "TransformerConfig",
+    "UnsupportedModelError", "ValueModel", "aggregate", "base_config", "chain", "char_tokenizer",
+    "clipped_pg_objective", "clipped_value_loss", "critic_values", "dpo", "dpo_loss",
+    "entropy_from_logits", "exact_match", "extract_final_answer", "final_answer", "from_hf_config",
+    "gae", "gae_advantages", "get_factory", "get_reward", "group_advantages",
+    "group_relative_advantages", "grpo", "identity", "init_cache", "init_params", "inject_hyperparams",
+    "is_static_zero", "kl_estimate", "kl_penalty_in_reward", "last_token_rewards", "load_checkpoint",
+    "load_tokenizer", "logical_axes", "logprobs_and_entropy", "make_algorithm", "make_sampler",
+    "make_source", "masked_mean", "masked_whiten", "math_answer", "named_chain", "normalize_rewards",
+    "pass_at_k", "plot_curves", "policy_outputs", "positions_from_mask", "ppo", "ppo_clip_loss",
+    "preference_dataset", "process_logits", "prompt_dataset", "read_metrics", "register_algorithm",
+    "register_reward", "registered_algorithms", "reward_to_tokens", "rloo_advantage_transform",
+    "rloo_advantages", "sample_from_logits", "save_checkpoint", "score_completions", "sequence_logps",
+    "sft", "sft_dataset", "to_hf_config", "token_logprobs", "train", "whiten_advantages",
 }  # fmt: skip
 
 

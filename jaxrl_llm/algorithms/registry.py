@@ -20,12 +20,18 @@ def register(name: str, *, overwrite: bool = False):
     """Decorator: `@register('my_grpo')` on a factory `(**hyperparams) -> Algorithm`."""
 
     def decorator(factory):
-        if name in _REGISTRY and not overwrite and _REGISTRY[name] is not factory:
+        previous = _REGISTRY.get(name)
+        # Re-registering the same function (a re-run notebook cell, a reloaded module) is fine.
+        if previous is not None and not overwrite and _qualified(previous) != _qualified(factory):
             raise ValueError(f"algorithm {name!r} is already registered; pass overwrite=True to replace it")
         _REGISTRY[name] = factory
         return factory
 
     return decorator
+
+
+def _qualified(fn) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def registered_algorithms() -> list[str]:

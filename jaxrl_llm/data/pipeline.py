@@ -52,6 +52,10 @@ def encode_texts(
     'left' ends every row in the last column, 'right' starts every row in column 0. append_eos
     adds tokenizer.eos_ids[0] after each text. Padding uses tokenizer.pad_id.
     """
+    if tokenizer.pad_id is None:
+        raise ValueError("this tokenizer has neither a pad nor an eos token: set tokenizer.pad_id")
+    if append_eos and not tokenizer.eos_ids:
+        raise ValueError("targets end with an EOS token but this tokenizer has none: set tokenizer.eos_ids")
     rows = [e.ids for e in tokenizer.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
     if append_eos:
         rows = [row + [tokenizer.eos_ids[0]] for row in rows]

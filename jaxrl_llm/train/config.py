@@ -6,9 +6,35 @@ can be overridden on the command line (`--config.algo.beta=0.02`).
 
 from __future__ import annotations
 
+import inspect
+
 import ml_collections
+from ml_collections import config_dict
 
 ARITHMETIC_ALPHABET = "0123456789+-*/=# \n"
+
+
+def algo_config(name: str, **overrides) -> ml_collections.ConfigDict:
+    """`{name, every hyper-parameter of the registered factory with its default, **overrides}`.
+
+    Listing every hyper-parameter makes each one overridable from the command line
+    (`--config.algo.dual_clip=3`); defaults of None become typed placeholders.
+    """
+    from jaxrl_llm.algorithms import get_factory
+
+    fields = {"name": name}
+    for param in inspect.signature(get_factory(name)).parameters.values():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        default = overrides.get(param.name, param.default)
+        if default is None:
+            kind = int if "int" in str(param.annotation) else float
+            default = config_dict.placeholder(kind)
+        fields[param.name] = default
+    unknown = set(overrides) - set(fields)
+    if unknown:
+        get_factory(name)(**overrides)  # raises the factory's own error for the bad names
+    return ml_collections.ConfigDict(fields)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -26,8 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
             dtype="float32",  # 'bfloat16' on accelerators; float32 is faster on XLA:CPU
             d_model=128,
             num_layers=2,
-            num_heads=4,
-            num_kv_heads=4,
+            num_heads=8,
+            num_kv_heads=8,
             mlp_dim=512,
             max_position_embeddings=64,
             init_std=0.02,
@@ -59,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
 
     # Algorithm: `name` from the registry; other fields are its hyper-parameters.
-    c.algo = ml_collections.ConfigDict(dict(name="grpo"))
+    c.algo = algo_config("grpo")
 
     # Rewards: {registered reward function: weight}; the total is the weighted sum.
     c.rewards = ml_collections.ConfigDict(dict(exact_match=1.0))

@@ -90,16 +90,18 @@ class Evaluator:
         rewards, _ = score_completions(self.reward_fns, prompts, completions, answers, finished)
         return (rewards > 0.5).reshape(-1, g)
 
-    def __call__(self, params, split: str, ref_params=None, algorithm=None) -> dict:
+    def __call__(self, params, split: str, ref_params=None, algorithm=None, sampled: bool = True) -> dict:
+        """Greedy accuracy; with `sampled`, also pass@k and mean accuracy of k samples at
+        eval.temperature; for preference algorithms, held-out pair accuracies."""
         n, batches = self._batches(split, "prompts")
         greedy, num_correct = [], []
         for i, batch in enumerate(batches):
             greedy.append(self._correct(self.greedy, params, batch, self.rng, 1)[:, 0])
-            if self.sampled is not None:
+            if sampled and self.sampled is not None:
                 rng = jax.random.fold_in(self.rng, i + 1)
                 num_correct.append(self._correct(self.sampled, params, batch, rng, self.k).sum(1))
         results = {"greedy_accuracy": float(np.concatenate(greedy)[:n].mean())}
-        if self.sampled is not None:
+        if num_correct:
             c = np.concatenate(num_correct)[:n]
             results[f"pass_at_{self.k}"] = float(pass_at_k(self.k, c, self.k).mean())
             results["sample_accuracy"] = float((c / self.k).mean())
@@ -120,7 +122,7 @@ class Evaluator:
         n, batches = self._batches(split, "preference")
         margins, ref_margins = [], []
         for batch in batches:
-            arrays = {k: v for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype != object}
+            arrays = {k: v for k, v in batch.items() if k.endswith(("_ids", "_mask"))}
             c, r = self._pair_logps(params, arrays)
             margins.append(np.asarray(c - r))
             if ref_params is not None:

@@ -148,6 +148,8 @@ class Trainer:
         )
         self.writer: MetricsWriter | None = None
         self.summary: dict[str, Any] = {}
+        self.step_fns: dict[str, tuple] = {}  # phase -> (prepare, update), for compile checks
+        self.final_state: TrainState | None = None
 
     # ------------------------------------------------------------------ setup helpers
     def _check_config_snapshot(self) -> None:
@@ -209,7 +211,8 @@ class Trainer:
             opt_state=phase.optimizer.init(params),
             algo_state=algo.transform.init(),
             rng=jax.random.PRNGKey(self.config.seed),
-            ref_params=params if "reference" in algo.passes else None,
+            # A copy: `update` donates the state's buffers, and params must not alias the reference.
+            ref_params=jax.tree.map(jnp.copy, params) if "reference" in algo.passes else None,
             critic_params=critic_params,
             critic_opt_state=critic_opt,
         )
@@ -219,18 +222,24 @@ class Trainer:
         """Runs (or resumes) every phase; returns the summary also written to summary.json."""
         params = self.init_params
         global_step = 0
-        summary_path = os.path.join(self.workdir, "summary.json")
-        if os.path.exists(summary_path):
-            with open(summary_path) as f:
+        if os.path.exists(self._summary_path):
+            with open(self._summary_path) as f:
                 self.summary = json.load(f)
+        self.summary["model_params"] = self.model_config.num_params
         with save_on_sigterm() as signals:
             for phase in self.phases:
                 params, global_step = self._run_phase(phase, params, global_step, signals)
-        self.summary["model_params"] = self.model_config.num_params
-        with open(summary_path, "w") as f:
-            json.dump(self.summary, f, indent=2)
         self._plot()
+        self._save_summary()
         return self.summary
+
+    @property
+    def _summary_path(self) -> str:
+        return os.path.join(self.workdir, "summary.json")
+
+    def _save_summary(self) -> None:
+        with open(self._summary_path, "w") as f:
+            json.dump(self.summary, f, indent=2)
 
     def _run_phase(self, phase: Phase, params, global_step: int, signals):
         cfg = self.config
@@ -247,6 +256,7 @@ class Trainer:
             start = meta["phase_start"]
             if meta.get("done"):
                 ckpt.close()
+                self.final_state = state
                 return state.params, int(state.step)
             global_step = int(state.step)
             print(f"[{phase.name}] resuming from the checkpoint at step {global_step}")
@@ -263,6 +273,7 @@ class Trainer:
             microbatches=cfg.train.microbatches,
             recompute_old_logp=cfg.train.epochs * cfg.train.minibatches > 1,
         )
+        self.step_fns[phase.name] = (prepare, update)
         end = start + phase.steps
         meta = {"phase": phase.name, "phase_start": start}
         stop = False
@@ -284,12 +295,14 @@ class Trainer:
                     ckpt.wait()
                     self.writer.close()
                     raise Interrupted(f"stopped by a signal; checkpoint at step {global_step} in {self.workdir}")
-                ckpt.save(global_step, state, meta)
+                if global_step < end and not stop:  # the phase's last step is saved as 'done' below
+                    ckpt.save(global_step, state, meta)
         self._evaluate(phase, state, global_step, tag="after")
         ckpt.save(global_step, state, {**meta, "done": True}, force=True)
         ckpt.wait()
         ckpt.close()
         self.writer.close()
+        self.final_state = state
         return state.params, global_step
 
     def _step(self, phase: Phase, state: TrainState, batch_np: dict, prepare, update):
@@ -387,7 +400,9 @@ class Trainer:
 
     def _evaluate(self, phase: Phase, state: TrainState, step: int, tag: str | None = None) -> dict:
         split = phase.eval_split if tag is None else self.config.eval.split
-        results = self.evaluator(state.params, split, state.ref_params, phase.algorithm)
+        # Periodic SFT checks only need greedy accuracy (the stopping rule).
+        sampled = tag is not None or phase.name != "sft"
+        results = self.evaluator(state.params, split, state.ref_params, phase.algorithm, sampled=sampled)
         if self.writer is not None and tag is None:
             self.writer.write(step, {f"{split}/{k}": v for k, v in results.items()}, phase="eval")
         if tag is not None:
@@ -395,6 +410,7 @@ class Trainer:
             if phase.name == "main" and tag == "before" and "sft_after" in self.summary:
                 return results
             self.summary[key] = {"step": step, "split": split, **results}
+            self._save_summary()
             shown = ", ".join(f"{k} {v:.3f}" for k, v in results.items())
             print(f"[{phase.name}] {tag}: {split} {shown}")
         return results

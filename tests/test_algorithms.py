@@ -1,0 +1,202 @@
+"""Algorithm factories, registry, composition and hyper-parameter injection (golden values from
+shared/reference/rl_algorithms.md and preference_algorithms.md)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxrl_llm.algorithms import make_algorithm, register, registered_algorithms
+from jaxrl_llm.transforms.base import InjectState, chain, identity, inject_hyperparams, named_chain
+from jaxrl_llm.transforms.rollout import (
+    gae_advantages,
+    group_relative_advantages,
+    kl_penalty_in_reward,
+    normalize_rewards,
+    reward_to_tokens,
+)
+from jaxrl_llm.types import Algorithm, ModelOutputs, PreferenceBatch, Rollout, RolloutTransform
+
+
+def rollout(rewards, mask, group_ids=None, **fields):
+    mask = jnp.asarray(mask, jnp.int32)
+    b, t = mask.shape
+    return Rollout(
+        prompt_ids=jnp.zeros((b, 2), jnp.int32),
+        prompt_mask=jnp.ones((b, 2), jnp.int32),
+        response_ids=jnp.zeros((b, t), jnp.int32),
+        response_mask=mask,
+        group_ids=jnp.zeros(b, jnp.int32) if group_ids is None else jnp.asarray(group_ids),
+        rewards=jnp.asarray(rewards, jnp.float32),
+        **fields,
+    )
+
+
+def test_registry_lists_known_algorithms_for_unknown_name():
+    assert {"grpo", "ppo", "dpo", "sft"} <= set(registered_algorithms())
+    with pytest.raises(ValueError, match=r"unknown algorithm 'gpro'.*algo\.name.*dpo, grpo, ppo, sft"):
+        make_algorithm("gpro")
+
+
+def test_unknown_hyperparameter_names_the_config_field():
+    with pytest.raises(ValueError, match=r"algo\.betta.*accepts: clip_eps"):
+        make_algorithm("grpo", betta=0.1)
+
+
+def test_register_refuses_silent_overwrite():
+    @register("test_identity_algo")
+    def first():
+        return Algorithm("rollout", identity(), lambda o, b, s: (0.0, {}))
+
+    with pytest.raises(ValueError, match="already registered"):
+        register("test_identity_algo")(lambda: None)
+    register("test_identity_algo")(first)  # the same function again (a re-run cell) is fine
+
+
+def test_grpo_golden_token_loss():
+    # rl_algorithms.md §2: rewards [1,0,0,0] -> A = [1.5, -.5, -.5, -.5]; on-policy token with
+    # A = 1.5, pi = 0.5, pi_ref = 0.4, beta = 0.04 -> l = -1.5 + 0.04 * 0.023144 = -1.499074.
+    algo = make_algorithm("grpo", beta=0.04)
+    batch = rollout([1.0, 0.0, 0.0, 0.0], np.ones((4, 1)))
+    batch, state = algo.transform.update(batch, algo.transform.init())
+    np.testing.assert_allclose(batch.advantages[:, 0], [1.5, -0.5, -0.5, -0.5], atol=1e-5)
+    logp = jnp.full((4, 1), math.log(0.5))
+    batch = batch._replace(logp_ref=jnp.full((4, 1), math.log(0.4)))
+    first = jax.tree.map(lambda x: x[:1] if getattr(x, "ndim", 0) else x, batch)
+    loss, metrics = algo.objective(ModelOutputs(logp=logp[:1], entropy=jnp.zeros((1, 1))), first, state)
+    np.testing.assert_allclose(loss, -1.499074, atol=1e-5)
+    np.testing.assert_allclose(metrics["kl"], 0.023144, atol=1e-6)
+    assert algo.passes == frozenset({"reference"})
+    assert make_algorithm("grpo", beta=0.0).passes == frozenset()
+
+
+def test_dr_grpo_advantages_and_aggregation():
+    algo = make_algorithm("grpo", std="none", loss_agg="seq_mean_token_sum_norm", beta=0.0, max_len=4)
+    batch = rollout([1.0, 0.0, 0.0, 0.0], np.ones((4, 1)))
+    batch, _ = algo.transform.update(batch, algo.transform.init())
+    np.testing.assert_allclose(batch.advantages[:, 0], [0.75, -0.25, -0.25, -0.25], atol=1e-6)
+
+
+def test_ppo_transform_chain_matches_gae_golden():
+    # rl_algorithms.md §1 test (a): r = [0, 0, 1], V = [.5, .6, .7], gamma 1, lam .95.
+    algo = make_algorithm("ppo", kl_coef=0.0, whiten=False)
+    assert algo.passes == frozenset({"critic"}) and algo.value_objective is not None
+    batch = rollout([1.0], np.ones((1, 3)), values=jnp.asarray([[0.5, 0.6, 0.7]]))
+    batch, _ = algo.transform.update(batch, algo.transform.init())
+    np.testing.assert_allclose(batch.advantages[0], [0.46575, 0.385, 0.3], atol=1e-5)
+    np.testing.assert_allclose(batch.returns[0], [0.96575, 0.985, 1.0], atol=1e-5)
+    # value clip golden (test (b)): V_old 0.5, V 1.0, R 1.2, eps 0.2 -> 0.125
+    vb = batch._replace(values=jnp.full((1, 3), 0.5), returns=jnp.full((1, 3), 1.2))
+    loss, _ = algo.value_objective(ModelOutputs(values=jnp.full((1, 3), 1.0)), vb, algo.transform.init())
+    np.testing.assert_allclose(loss, 0.125, atol=1e-6)
+
+
+def test_ppo_kl_penalty_in_reward_uses_old_and_reference():
+    algo = make_algorithm("ppo", kl_coef=0.1, whiten=False, lam=1.0)
+    assert algo.passes == frozenset({"critic", "reference", "old_logp"})
+    batch = rollout(
+        [1.0],
+        np.ones((1, 2)),
+        values=jnp.zeros((1, 2)),
+        logp_old=jnp.log(jnp.full((1, 2), 0.5)),
+        logp_ref=jnp.log(jnp.full((1, 2), 0.4)),
+    )
+    batch, _ = algo.transform.update(batch, algo.transform.init())
+    k1 = math.log(0.5 / 0.4)
+    np.testing.assert_allclose(batch.token_rewards[0], [-0.1 * k1, 1.0 - 0.1 * k1], atol=1e-6)
+
+
+def test_running_reward_normalisation_state_carries_across_batches():
+    t = normalize_rewards()
+    batch, state = t.update(rollout([1.0, 2.0, 3.0], np.ones((3, 1))), t.init())
+    np.testing.assert_allclose(batch.rewards, [-1.0, 0.0, 1.0], atol=1e-5)  # spec §1 test (c)
+    _, state = t.update(rollout([3.0, 3.0, 3.0], np.ones((3, 1))), state)
+    assert float(state.count) == 6 and float(state.mean) == pytest.approx(2.5)
+
+
+def test_dpo_golden_loss_and_metrics():
+    # preference_algorithms.md §1 toy pair -> 0.620957; one token per completion.
+    algo = make_algorithm("dpo", beta=0.1)
+    ones = jnp.ones((1, 1), jnp.int32)
+    batch = PreferenceBatch(
+        prompt_ids=ones,
+        prompt_mask=ones,
+        chosen_ids=ones,
+        chosen_mask=ones,
+        rejected_ids=ones,
+        rejected_mask=ones,
+        ref_chosen_logps=jnp.asarray([[-11.0]]),
+        ref_rejected_logps=jnp.asarray([[-11.5]]),
+    )
+    logp = jnp.asarray([[-10.0], [-12.0]])  # chosen rows, then rejected rows
+    loss, metrics = algo.objective(ModelOutputs(logp=logp), batch, algo.transform.init())
+    np.testing.assert_allclose(loss, 0.620957, atol=1e-6)
+    assert float(metrics["reward_accuracy"]) == 1.0
+    grad = jax.grad(lambda lp: algo.objective(ModelOutputs(logp=lp), batch, algo.transform.init())[0])(logp)
+    assert grad[0, 0] < 0 < grad[1, 0]  # raises the chosen, lowers the rejected
+
+
+def test_chain_and_named_chain_compose_in_order():
+    def add(value):
+        def update(batch, state):
+            return batch._replace(rewards=batch.rewards + value), state + 1
+
+        return RolloutTransform(init=lambda: 0, update=update)
+
+    scale = RolloutTransform(init=lambda: (), update=lambda b, s: (b._replace(rewards=b.rewards * 10), s))
+    batch = rollout([1.0], np.ones((1, 1)))
+    out, state = chain(add(1.0), scale, add(2.0)).update(batch, chain(add(1.0), scale, add(2.0)).init())
+    assert float(out.rewards[0]) == 22.0 and state == (1, (), 1)
+    named = named_chain(("plus", add(1.0)), ("times", scale))
+    out, state = named.update(batch, named.init())
+    assert float(out.rewards[0]) == 20.0 and state == {"plus": 1, "times": ()}
+    with pytest.raises(ValueError, match="duplicate"):
+        named_chain(("a", scale), ("a", scale))
+
+
+def test_missing_field_error_names_the_pass():
+    with pytest.raises(ValueError, match=r"gae_advantages needs Rollout.values.*'critic'"):
+        chain(reward_to_tokens(), gae_advantages()).update(rollout([1.0], np.ones((1, 2))), ((), ()))
+    with pytest.raises(ValueError, match="logp_old, logp_ref"):
+        kl_penalty_in_reward(0.1).update(rollout([1.0], np.ones((1, 2))), ())
+
+
+def test_scheduled_hyperparameter_lives_in_state_and_never_recompiles():
+    schedule = optax.linear_schedule(0.04, 0.0, 4)
+    algo = make_algorithm("grpo", beta=schedule)
+    assert algo.passes == frozenset({"reference"})  # a schedule keeps the term and its pass
+    state = algo.transform.init()
+    assert isinstance(state, InjectState)
+    batch = rollout([1.0, 0.0], np.ones((2, 3)))
+    batch = batch._replace(logp_ref=jnp.full((2, 3), -1.0))
+    outputs = ModelOutputs(logp=jnp.full((2, 3), -0.5), entropy=jnp.zeros((2, 3)))
+
+    @jax.jit
+    def step(batch, state):
+        batch, state = algo.transform.update(batch, state)
+        loss, metrics = algo.objective(outputs, batch, state)
+        return state, loss, metrics
+
+    losses = []
+    for i in range(4):
+        state, loss, metrics = step(batch, state)
+        assert float(state.hyperparams["beta"]) == pytest.approx(0.04 * (1 - i / 4))
+        losses.append(float(loss))
+    assert step._cache_size() == 1
+    kl = float(metrics["kl"])
+    np.testing.assert_allclose(np.diff(losses), -0.01 * kl, rtol=1e-4)  # loss moves with beta only
+
+
+def test_inject_hyperparams_wraps_any_factory():
+    def my_algo(coef: float = 1.0):
+        return Algorithm("rollout", identity(), lambda o, b, s: (coef * jnp.sum(o.logp), {}))
+
+    algo = inject_hyperparams(my_algo)(coef=lambda step: 2.0 + step)
+    state = algo.transform.init()
+    _, state = algo.transform.update(None, state)
+    _, state = algo.transform.update(None, state)
+    loss, _ = algo.objective(ModelOutputs(logp=jnp.ones(3)), None, state)
+    assert float(loss) == 9.0  # coef(1) = 3 for the second batch
