@@ -17,8 +17,18 @@ from jaxrl_llm.data.pipeline import (
     sft_dataset,
 )
 from jaxrl_llm.data.sources import DatasetFieldError, final_answer, make_source
-
 from jaxrl_llm.data.tokenizer import Tokenizer, char_tokenizer, load_tokenizer
+from jaxrl_llm.losses import (
+    AGGREGATION_MODES,
+    aggregate,
+    clipped_value_loss,
+    dpo_loss,
+    entropy_from_logits,
+    kl_estimate,
+    logprobs_and_entropy,
+    ppo_clip_loss,
+    sequence_logps,
+)
 from jaxrl_llm.models.config import TransformerConfig, UnsupportedModelError, from_hf_config, to_hf_config
 from jaxrl_llm.models.hf import CheckpointMismatchError, load_checkpoint, save_checkpoint
 from jaxrl_llm.models.transformer import (
@@ -32,26 +42,6 @@ from jaxrl_llm.models.transformer import (
     logical_axes,
     positions_from_mask,
 )
-from jaxrl_llm.rollout.sampler import (
-    SampleOutput,
-    SamplingConfig,
-    make_sampler,
-    process_logits,
-    sample_from_logits,
-    token_logprobs,
-)
-
-from jaxrl_llm.losses import (
-    AGGREGATION_MODES,
-    aggregate,
-    clipped_value_loss,
-    dpo_loss,
-    entropy_from_logits,
-    kl_estimate,
-    logprobs_and_entropy,
-    ppo_clip_loss,
-    sequence_logps,
-)
 from jaxrl_llm.rewards import (
     RewardFunctionError,
     exact_match,
@@ -60,6 +50,14 @@ from jaxrl_llm.rewards import (
     math_answer,
     register_reward,
     score_completions,
+)
+from jaxrl_llm.rollout.sampler import (
+    SampleOutput,
+    SamplingConfig,
+    make_sampler,
+    process_logits,
+    sample_from_logits,
+    token_logprobs,
 )
 from jaxrl_llm.train.checkpoint import Checkpointer
 from jaxrl_llm.train.config import base_config

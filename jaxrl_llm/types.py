@@ -11,7 +11,8 @@ the batch, and `objective(outputs, batch, state) -> (loss, metrics)` is a pure f
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 

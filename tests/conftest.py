@@ -31,3 +31,9 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tiny_params(tiny_config):
     return init_params(tiny_config, jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+    """One TFDS data dir per session: the arithmetic dataset is prepared once (~10 s)."""
+    return str(tmp_path_factory.mktemp("tfds"))

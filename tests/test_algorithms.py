@@ -13,7 +13,6 @@ from jaxrl_llm.algorithms import make_algorithm, register, registered_algorithms
 from jaxrl_llm.transforms.base import InjectState, chain, identity, inject_hyperparams, named_chain
 from jaxrl_llm.transforms.rollout import (
     gae_advantages,
-    group_relative_advantages,
     kl_penalty_in_reward,
     normalize_rewards,
     reward_to_tokens,

@@ -55,14 +55,14 @@ def test_rank_advantages_values():
     np.testing.assert_allclose(batch.advantages[:, 0], [1, -1 / 3, -1 / 3, -1 / 3, -1, 1], atol=1e-6)
 
 
-def test_new_algorithm_trains_through_the_config_path(tmp_path):
+def test_new_algorithm_trains_through_the_config_path(tmp_path, tfds_dir):
     spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", "grpo_arithmetic.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config("smoke")
     config.algo = {"name": "rank_grpo", "clip_eps": 0.1}
     config.sft.steps = 0
-    config.data.data_dir = str(tmp_path / "tfds")
+    config.data.data_dir = tfds_dir
     summary = jrl.train(config, str(tmp_path / "run"))
     main = jrl.read_metrics(str(tmp_path / "run"), phase="main")
     assert len(main) == config.train.steps

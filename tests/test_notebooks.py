@@ -14,11 +14,11 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs(path, tmp_path, monkeypatch):
+def test_notebook_runs(path, tmp_path, monkeypatch, tfds_dir):
     import nbclient
     import nbformat
 
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # the kernel inherits it
+    monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)  # the kernel inherits it
     notebook = nbformat.read(path, as_version=4)
     nbclient.NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}

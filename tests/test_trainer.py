@@ -21,7 +21,6 @@ from jaxrl_llm.rewards import RewardFunctionError, register_reward
 from jaxrl_llm.train.checkpoint import Checkpointer
 from jaxrl_llm.train.metrics import read_metrics
 from jaxrl_llm.train.trainer import NonFiniteLossError, Trainer, train
-from jaxrl_llm.transforms.base import identity
 from jaxrl_llm.types import Algorithm, RolloutTransform
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,8 +35,8 @@ def load_config(name: str, arg: str | None = "smoke"):
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
+def data_dir(tfds_dir):
+    return tfds_dir
 
 
 def smoke(name, data_dir, **overrides):
@@ -224,7 +223,10 @@ raises_on_step_3.calls = 0
 def test_raising_reward_shows_the_sample_and_keeps_the_checkpoint(data_dir, tmp_path):
     config = smoke("grpo_arithmetic", data_dir, sft__steps=0)
     config.rewards = {"raises_on_step_3": 1.0}
-    with pytest.raises(RewardFunctionError, match=r"(?s)raises_on_step_3.*KeyError.*sample 0.*prompt: '\d+\+\d+='.*completion: "):
+    with pytest.raises(
+        RewardFunctionError,
+        match=r"(?s)raises_on_step_3.*KeyError.*sample 0.*prompt: '\d+\+\d+='.*completion: ",
+    ):
         Trainer(config, str(tmp_path)).fit()
     ckpt = Checkpointer(str(tmp_path / "checkpoints" / "main"))
     assert ckpt.latest_step() == 2

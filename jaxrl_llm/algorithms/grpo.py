@@ -7,7 +7,7 @@ Reference implementation: verl `compute_grpo_outcome_advantage`, `compute_policy
 
 from __future__ import annotations
 
-from jaxrl_llm.algorithms.common import old_logp, response_mask, token_mean, normalisers
+from jaxrl_llm.algorithms.common import normalisers, old_logp, response_mask, token_mean
 from jaxrl_llm.algorithms.registry import register
 from jaxrl_llm.losses.aggregation import aggregate
 from jaxrl_llm.losses.policy import kl_estimate, ppo_clip_loss

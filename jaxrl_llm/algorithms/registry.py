@@ -7,7 +7,7 @@ Configs name algorithms (`config.algo.name = 'grpo'`); a new algorithm registere
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 from jaxrl_llm.transforms.base import inject_hyperparams
 from jaxrl_llm.types import PASSES, Algorithm

@@ -100,16 +100,29 @@ def _target_text(answer: str, target: str) -> str:
     raise ValueError(f"target must be 'final_answer' or 'answer', got {target!r}")
 
 
-def _scan(source, text_of, encode, budget: int, kind: str, error) -> int:
-    """Encodes text_of(i) for every record i in chunks; raises `error` naming the first record
-    over budget and the length the longest needs; returns the longest length."""
-    lengths = np.zeros(len(source), np.int64)
-    for start in range(0, len(source), 1024):
-        indices = range(start, min(start + 1024, len(source)))
-        lengths[indices.start : indices.stop] = encode([text_of(i) for i in indices])[2]
+def _records(source, indices: range) -> list:
+    """source[indices] in one read when the source supports it (array_record: ~100x faster)."""
+    if hasattr(source, "__getitems__"):
+        return source.__getitems__(indices)
+    return [source[i] for i in indices]
+
+
+def _scan(
+    source, text_of, encode, budget: int, kind: str, error, limit: int | None, chunk: int = 8192
+) -> int:
+    """Encodes text_of(record, i) for the first `limit` records (all if None) in chunks; raises
+    `error` naming the first record over budget and the length the longest needs; returns the
+    longest length."""
+    total = len(source) if limit is None else min(limit, len(source))
+    lengths = np.zeros(total, np.int64)
+    for start in range(0, total, chunk):
+        indices = range(start, min(start + chunk, total))
+        texts = [text_of(r, i) for r, i in zip(_records(source, indices), indices, strict=True)]
+        lengths[indices.start : indices.stop] = encode(texts)[2]
     if lengths.size and lengths.max() > budget:
         i = int(np.argmax(lengths > budget))
-        raise _too_long(error, kind, i, text_of(i), int(lengths[i]), budget, int(lengths.max()))
+        text = text_of(source[i], i)
+        raise _too_long(error, kind, i, text, int(lengths[i]), budget, int(lengths.max()))
     return int(lengths.max()) if lengths.size else 0
 
 
@@ -121,29 +134,37 @@ def check_prompt_lengths(
     chat: bool = False,
     instruction: str = "",
     question_field: str = "question",
+    limit: int | None = None,
 ) -> int:
-    """Tokenizes every prompt of `source` once; returns the longest length in tokens.
+    """Tokenizes the first `limit` prompts of `source` (all if None); returns the longest length.
 
     Raises PromptTooLongError at the first prompt over max_prompt_len (call this at start-up so a
-    long prompt fails the run before training rather than mid-run).
+    long prompt fails the run before training rather than mid-run; batches are checked again
+    when they are built, so a bounded scan of a huge dataset still never trains on a cut prompt).
+    Reading TFDS records costs ~70 us each (protobuf parsing): 200k records take ~10 s.
     """
 
     def encode(texts):
         return _encode_prompts(texts, tokenizer, 1, chat)
 
-    def text_of(i):
-        question = get_field(source[i], question_field, i, "data.question_field")
+    def text_of(record, i):
+        question = get_field(record, question_field, i, "data.question_field")
         return format_prompt(question, tokenizer, chat, instruction)
 
-    return _scan(source, text_of, encode, max_prompt_len, "prompt", PromptTooLongError)
+    return _scan(source, text_of, encode, max_prompt_len, "prompt", PromptTooLongError, limit)
 
 
 def check_target_lengths(
-    source, tokenizer, max_target_len: int, *, target: str = "final_answer", answer_field: str = "answer"
+    source,
+    tokenizer,
+    max_target_len: int,
+    *,
+    target: str = "final_answer",
+    answer_field: str = "answer",
+    limit: int | None = None,
 ) -> int:
-    """Tokenizes every SFT target (+ EOS) of `source` once; returns the longest length in tokens.
-
-    Raises TargetTooLongError at the first target over max_target_len.
+    """Tokenizes the first `limit` SFT targets (+ EOS) of `source` (all if None); returns the
+    longest length in tokens. Raises TargetTooLongError at the first target over max_target_len.
     """
 
     def encode(texts):
@@ -151,10 +172,10 @@ def check_target_lengths(
             texts, tokenizer, 1, padding_side="right", add_special_tokens=False, append_eos=True
         )
 
-    def text_of(i):
-        return _target_text(get_field(source[i], answer_field, i, "data.answer_field"), target)
+    def text_of(record, i):
+        return _target_text(get_field(record, answer_field, i, "data.answer_field"), target)
 
-    return _scan(source, text_of, encode, max_target_len, "target", TargetTooLongError)
+    return _scan(source, text_of, encode, max_target_len, "target", TargetTooLongError, limit)
 
 
 def _stream(source, prepare, *, seed: int, shuffle: bool, num_epochs: int | None, batch_size: int, batch_fn):

@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
             question_field="question",
             answer_field="answer",
             max_prompt_len=12,  # prompt budget in tokens; longer prompts are an error
+            check_records=20_000,  # prompts length-checked at start-up (0: none; batches are always checked)
             chat=False,  # wrap questions with the tokenizer's chat template
             instruction="",  # text put before each question
             sft_target="final_answer",  # SFT target: 'final_answer' (after ####) | 'answer'

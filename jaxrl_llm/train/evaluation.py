@@ -19,7 +19,7 @@ def decode_responses(tokenizer, ids: np.ndarray, mask: np.ndarray, stop_ids) -> 
     """Response rows [N, T] -> (completion texts without the stop token, finished flags [N])."""
     is_stop = np.isin(ids, np.asarray(tuple(stop_ids) or (-1,))) & (mask == 1)
     keep = (mask == 1) & ~is_stop
-    completions = tokenizer.batch_decode([row[k].tolist() for row, k in zip(ids, keep)])
+    completions = tokenizer.batch_decode([row[k].tolist() for row, k in zip(ids, keep, strict=True)])
     return completions, is_stop.any(axis=1)
 
 
@@ -41,7 +41,9 @@ class Evaluator:
         self.sources = sources
         self.reward_fns = reward_fns
         e = config.eval
-        self.greedy = make_sampler(model_config, dataclasses.replace(sampling, num_samples=1, temperature=0.0))
+        self.greedy = make_sampler(
+            model_config, dataclasses.replace(sampling, num_samples=1, temperature=0.0)
+        )
         self.k = e.pass_k
         self.sampled = (
             make_sampler(
@@ -71,9 +73,7 @@ class Evaluator:
             shuffle=False,
         )
         if kind == "preference":
-            ds = pipeline.preference_dataset(
-                source, self.tokenizer, max_target_len=self.greedy_len, **common
-            )
+            ds = pipeline.preference_dataset(source, self.tokenizer, max_target_len=self.greedy_len, **common)
         else:
             ds = pipeline.prompt_dataset(source, self.tokenizer, **common)
         return n, [ds[i] for i in range(math.ceil(n / size))]
@@ -116,7 +116,9 @@ class Evaluator:
             )
             return sequence_logps(out.logp, mask)
 
-        return logps(batch["chosen_ids"], batch["chosen_mask"]), logps(batch["rejected_ids"], batch["rejected_mask"])
+        return logps(batch["chosen_ids"], batch["chosen_mask"]), logps(
+            batch["rejected_ids"], batch["rejected_mask"]
+        )
 
     def _preference_accuracy(self, params, ref_params, split: str) -> dict:
         n, batches = self._batches(split, "preference")
@@ -134,4 +136,3 @@ class Evaluator:
             implicit = margin - np.concatenate(ref_margins)[:n]
             results["preference_accuracy"] = float((implicit > 0).mean())
         return results
-

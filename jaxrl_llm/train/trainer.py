@@ -73,7 +73,9 @@ def _phase_list(config, algorithm: Algorithm) -> list[Phase]:
                 batch_size=config.sft.batch_size,
                 optimizer=builders.make_optimizer(sft_opt, config.sft.steps),
                 critic_optimizer=None,
-                stop_metric=("greedy_accuracy", config.sft.target_accuracy) if config.sft.target_accuracy else None,
+                stop_metric=("greedy_accuracy", config.sft.target_accuracy)
+                if config.sft.target_accuracy
+                else None,
                 eval_every=config.sft.eval_every,
                 eval_split=config.sft.eval_split,
             )
@@ -190,11 +192,14 @@ class Trainer:
             chat=d.chat,
             instruction=d.instruction,
             question_field=d.question_field,
+            limit=d.check_records,
         )
         kind = phase.algorithm.data
         T = self.sampling.max_new_tokens
         if kind == "supervised":
-            return pipeline.sft_dataset(source, self.tokenizer, max_target_len=T, target=d.sft_target, **common)
+            return pipeline.sft_dataset(
+                source, self.tokenizer, max_target_len=T, target=d.sft_target, **common
+            )
         if kind == "preference":
             return pipeline.preference_dataset(source, self.tokenizer, max_target_len=T, **common)
         return pipeline.prompt_dataset(source, self.tokenizer, **common)
@@ -277,7 +282,9 @@ class Trainer:
         end = start + phase.steps
         meta = {"phase": phase.name, "phase_start": start}
         stop = False
-        with tqdm(total=phase.steps, initial=global_step - start, desc=phase.name, disable=not cfg.progress) as bar:
+        with tqdm(
+            total=phase.steps, initial=global_step - start, desc=phase.name, disable=not cfg.progress
+        ) as bar:
             while global_step < end and not stop:
                 t0 = time.perf_counter()
                 state, metrics = self._step(phase, state, dataset[global_step - start], prepare, update)
@@ -294,7 +301,9 @@ class Trainer:
                     ckpt.save(global_step, state, meta, force=True)
                     ckpt.wait()
                     self.writer.close()
-                    raise Interrupted(f"stopped by a signal; checkpoint at step {global_step} in {self.workdir}")
+                    raise Interrupted(
+                        f"stopped by a signal; checkpoint at step {global_step} in {self.workdir}"
+                    )
                 if global_step < end and not stop:  # the phase's last step is saved as 'done' below
                     ckpt.save(global_step, state, meta)
         self._evaluate(phase, state, global_step, tag="after")
@@ -420,7 +429,10 @@ class Trainer:
             ("training reward", [(p.name, "reward_mean") for p in self.phases] + [("sft", "nll")]),
             (
                 "held-out accuracy",
-                [("eval", f"{self.config.eval.split}/greedy_accuracy"), ("eval", f"{self.config.eval.split}/pass_at_{self.config.eval.pass_k}")]
+                [
+                    ("eval", f"{self.config.eval.split}/greedy_accuracy"),
+                    ("eval", f"{self.config.eval.split}/pass_at_{self.config.eval.pass_k}"),
+                ]
                 + [("eval", f"{self.config.sft.eval_split}/greedy_accuracy")],
             ),
         ]

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
@@ -23,7 +24,7 @@ def chain(*transforms: RolloutTransform) -> RolloutTransform:
 
     def update(batch, state):
         new_state = []
-        for t, s in zip(transforms, state):
+        for t, s in zip(transforms, state, strict=True):
             batch, s = t.update(batch, s)
             new_state.append(s)
         return batch, tuple(new_state)
