@@ -17,7 +17,7 @@ def get_config(arg=None):
     c.algo = algo_config("dpo", beta=0.1)
     c.train.update(steps=200, batch_size=64)
     c.optimizer.learning_rate = 1e-4
-    c.sft.update(steps=2000, target_accuracy=0.3, eval_every=10)
+    c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
     c.eval.every = 50
     if arg == "smoke":
         c.model.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64)

@@ -3,11 +3,13 @@
     python -m jaxrl_llm.main --config=configs/grpo_arithmetic.py --workdir=runs/grpo_arithmetic
     python -m jaxrl_llm.main --config=configs/grpo_arithmetic.py:smoke --workdir=/tmp/smoke
 
-A 435k-parameter Llama-style model (d=128, 2 layers) is trained from scratch with SFT until
-greedy accuracy on the validation split reaches 30% (the useful window is only ~100 SFT steps
-wide, so it stops on validation accuracy, never a fixed step count or the test split), then GRPO
-runs 64 prompts x 8 samples per step at temperature 1 with an exact-match reward that requires
-EOS, eps=0.2 and no KL term (beta=0: no reference pass), Adam 3e-4. Held-out greedy accuracy
+A 1.19M-parameter Llama-style model (d=192, 2 layers, 8 heads) is trained from scratch with SFT
+until greedy accuracy on the validation split reaches 30% (checked every 10 steps: learning comes
+in a sharp transition, so it stops on validation accuracy, never a fixed step count or the test
+split), then GRPO runs 64 prompts x 8 samples per step at temperature 1 with an exact-match
+reward that requires EOS, eps=0.2 and no KL term (beta=0: no reference pass), Adam 3e-4.
+(d=128 models learned 3-digit addition much more slowly and GRPO plateaued ~+20 points; see
+experiments/README.md.) Held-out greedy accuracy
 and pass@8 on the test split are printed before and after GRPO; `curves.png` plots training
 reward next to held-out accuracy (the problem space is small enough to memorise, so watch both).
 """
@@ -23,8 +25,7 @@ def get_config(arg=None):
     c.train.batch_size = 64
     c.sampling.num_samples = 8
     c.optimizer.learning_rate = 3e-4
-    c.sft.update(steps=3000, batch_size=128, target_accuracy=0.3, eval_every=25)
-    c.sft.optimizer.learning_rate = 3e-3
+    c.sft.update(steps=3000, target_accuracy=0.3)  # batch 128, Adam 3e-3, checked every 10 steps
     c.eval.every = 50
     if arg == "smoke":
         c.model.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64)

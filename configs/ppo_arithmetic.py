@@ -18,7 +18,7 @@ def get_config(arg=None):
     c.sampling.num_samples = 4
     c.optimizer.learning_rate = 2e-4
     c.critic.optimizer.learning_rate = 1e-3
-    c.sft.update(steps=2000, target_accuracy=0.3, eval_every=10)
+    c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
     c.eval.every = 50
     if arg == "smoke":
         c.model.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64)

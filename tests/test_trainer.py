@@ -65,7 +65,7 @@ def grpo_run(data_dir, tmp_path_factory):
 
 def test_grpo_smoke_writes_every_output(grpo_run):
     trainer, summary, workdir = grpo_run
-    for key in ("initial", "sft_after", "main_after"):
+    for key in ("sft_before", "sft_after", "main_after"):
         assert {"greedy_accuracy", "pass_at_4"} <= set(summary[key])
     assert os.path.getsize(os.path.join(workdir, "curves.png")) > 1000
     assert os.listdir(os.path.join(workdir, "tensorboard"))

@@ -50,11 +50,11 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             checkpoint="",
             dtype="float32",  # 'bfloat16' on accelerators; float32 is faster on XLA:CPU
-            d_model=128,
+            d_model=192,
             num_layers=2,
             num_heads=8,
             num_kv_heads=8,
-            mlp_dim=512,
+            mlp_dim=768,
             max_position_embeddings=64,
             init_std=0.02,
             tie_embeddings=False,
@@ -135,11 +135,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft = ml_collections.ConfigDict(
         dict(
             steps=0,  # maximum SFT steps
-            batch_size=64,
+            batch_size=128,
             target_accuracy=0.0,  # stop when greedy accuracy on eval_split reaches it (0: never)
             eval_every=10,
             eval_split="validation",
-            optimizer=ml_collections.ConfigDict(dict(learning_rate=1e-3)),  # overrides of `optimizer`
+            optimizer=ml_collections.ConfigDict(dict(learning_rate=3e-3)),  # overrides of `optimizer`
         )
     )
     return c

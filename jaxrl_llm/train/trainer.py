@@ -101,7 +101,7 @@ def _phase_list(config, algorithm: Algorithm) -> list[Phase]:
     return phases
 
 
-def validate_config(config) -> None:
+def validate_config(config, algorithm: Algorithm) -> None:
     """Clear errors for option combinations that would otherwise fail deep inside JAX."""
     t = config.train
     if t.nonfinite not in ("stop", "skip"):
@@ -109,10 +109,10 @@ def validate_config(config) -> None:
     for field in ("steps", "batch_size", "epochs", "minibatches", "microbatches"):
         if t[field] < (0 if field == "steps" else 1):
             raise ValueError(f"train.{field}={t[field]} must be positive")
-    rows = t.batch_size * (config.sampling.num_samples if config.algo.name != "dpo" else 1)
-    if rows % (t.minibatches * t.microbatches):
+    samples = config.sampling.num_samples if algorithm.data == "rollout" else 1
+    if (t.batch_size * samples) % (t.minibatches * t.microbatches):
         raise ValueError(
-            f"train.batch_size x sampling.num_samples = {rows} rows do not split into "
+            f"train.batch_size x sampling.num_samples = {t.batch_size * samples} rows do not split into "
             f"train.minibatches={t.minibatches} x train.microbatches={t.microbatches} equal parts"
         )
 
@@ -121,18 +121,18 @@ class Trainer:
     """Holds the built pieces of a run; `fit()` runs every phase (resuming if possible)."""
 
     def __init__(self, config, workdir: str):
-        validate_config(config)
         self.config = config
         self.workdir = os.path.abspath(workdir)
         os.makedirs(workdir, exist_ok=True)
-        self._check_config_snapshot()
         algo_kwargs = {k: v for k, v in config.algo.items() if k != "name"}
         self.algorithm = make_algorithm(config.algo.name, **algo_kwargs)
+        validate_config(config, self.algorithm)
         self.model_config, self.init_params, self.tokenizer = builders.build_model(config)
         self.tokenizer.save(os.path.join(workdir, "tokenizer"))
         self.reward_fns = builders.reward_functions(config.rewards)
         self.eval_reward = builders.reward_functions({config.eval.reward: 1.0})
         self.sources = {split: make_source(config.data, split) for split in config.data.splits}
+        self._check_config_snapshot()
         s = config.sampling
         self.sampling = SamplingConfig(
             max_new_tokens=s.max_new_tokens,
@@ -151,6 +151,7 @@ class Trainer:
         self.writer: MetricsWriter | None = None
         self.summary: dict[str, Any] = {}
         self.step_fns: dict[str, tuple] = {}  # phase -> (prepare, update), for compile checks
+        self._last_tagged: int | None = None
         self.final_state: TrainState | None = None
 
     # ------------------------------------------------------------------ setup helpers
@@ -164,7 +165,7 @@ class Trainer:
             changed = sorted(
                 k for k in set(flat_saved) | set(flat_now) if flat_saved.get(k) != flat_now.get(k)
             )
-            changed = [k for k in changed if k not in ("train.steps",)]
+            changed = [k for k in changed if k not in _RESUMABLE_CHANGES]
             if changed:
                 raise ValueError(
                     f"workdir {self.workdir!r} holds a run with a different config (fields: "
@@ -262,12 +263,13 @@ class Trainer:
             if meta.get("done"):
                 ckpt.close()
                 self.final_state = state
+                self._last_tagged = int(state.step)  # its 'after' evaluation is in the metrics
                 return state.params, int(state.step)
             global_step = int(state.step)
             print(f"[{phase.name}] resuming from the checkpoint at step {global_step}")
-        else:
-            self._evaluate(phase, state, global_step, tag="before")
         self.writer = MetricsWriter(self.workdir, resume_step=global_step)
+        if latest is None:
+            self._evaluate(phase, state, global_step, tag="before")
         dataset = self._datasets(phase, cfg.seed + (1 if phase.name == "main" else 0))
         prepare, update = make_step_fns(
             phase.algorithm,
@@ -293,7 +295,8 @@ class Trainer:
                 self.writer.write(global_step, metrics, phase=phase.name)
                 bar.update(1)
                 bar.set_postfix({k: f"{metrics[k]:.3g}" for k in _BAR_KEYS if k in metrics})
-                if phase.eval_every and (global_step - start) % phase.eval_every == 0:
+                periodic = phase.eval_every and (global_step - start) % phase.eval_every == 0
+                if periodic and global_step < end:  # the last step gets the 'after' evaluation
                     results = self._evaluate(phase, state, global_step)
                     if phase.stop_metric and results[phase.stop_metric[0]] >= phase.stop_metric[1]:
                         stop = True
@@ -408,32 +411,39 @@ class Trainer:
         return rollout, metrics
 
     def _evaluate(self, phase: Phase, state: TrainState, step: int, tag: str | None = None) -> dict:
+        """Periodic evaluation (tag None) on `phase.eval_split` (greedy only during SFT: the
+        stopping rule), or the one before/after a phase (tag) on `eval.split` with pass@k, which
+        is also printed and kept in summary.json. Every result is a metrics line (phase 'eval')."""
+        if tag == "before" and self._last_tagged == step:  # same parameters as the last 'after'
+            return {}
         split = phase.eval_split if tag is None else self.config.eval.split
-        # Periodic SFT checks only need greedy accuracy (the stopping rule).
         sampled = tag is not None or phase.name != "sft"
         results = self.evaluator(state.params, split, state.ref_params, phase.algorithm, sampled=sampled)
-        if self.writer is not None and tag is None:
-            self.writer.write(step, {f"{split}/{k}": v for k, v in results.items()}, phase="eval")
+        self.writer.write(step, {f"{split}/{k}": v for k, v in results.items()}, phase="eval")
         if tag is not None:
-            key = f"{phase.name}_{tag}" if phase.name != "sft" or tag == "after" else "initial"
-            if phase.name == "main" and tag == "before" and "sft_after" in self.summary:
-                return results
-            self.summary[key] = {"step": step, "split": split, **results}
+            self._last_tagged = step
+            self.summary[f"{phase.name}_{tag}"] = {"step": step, "split": split, **results}
             self._save_summary()
             shown = ", ".join(f"{k} {v:.3f}" for k, v in results.items())
             print(f"[{phase.name}] {tag}: {split} {shown}")
         return results
 
     def _plot(self) -> None:
+        e = self.config.eval
         panels = [
-            ("training reward", [(p.name, "reward_mean") for p in self.phases] + [("sft", "nll")]),
+            ("SFT warm-start loss", [("sft", "nll")]),
+            (
+                "training reward",
+                [("main", "reward_mean")] + [("main", f"reward/{n}") for n, _, _ in self.reward_fns],
+            ),
             (
                 "held-out accuracy",
                 [
-                    ("eval", f"{self.config.eval.split}/greedy_accuracy"),
-                    ("eval", f"{self.config.eval.split}/pass_at_{self.config.eval.pass_k}"),
-                ]
-                + [("eval", f"{self.config.sft.eval_split}/greedy_accuracy")],
+                    ("eval", f"{e.split}/greedy_accuracy"),
+                    ("eval", f"{e.split}/pass_at_{e.pass_k}"),
+                    ("eval", f"{self.config.sft.eval_split}/greedy_accuracy"),
+                    ("eval", f"{e.split}/preference_accuracy"),
+                ],
             ),
         ]
         path = plot_curves(
@@ -443,6 +453,8 @@ class Trainer:
 
 
 _BAR_KEYS = ("reward_mean", "nll", "loss", "kl")
+# Config fields a resumed run may change (extend a run, silence the progress bar).
+_RESUMABLE_CHANGES = ("train.steps", "progress")
 
 
 def _critic_from_policy(model_config, policy_params, seed: int):
