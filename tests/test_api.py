@@ -84,4 +84,4 @@ def test_sample_demo_loads_a_local_hf_checkpoint(tmp_path, tiny_config, tiny_par
 def test_unknown_job_is_a_clear_error(tmp_path):
     result = _main("--config=configs/sample_demo.py:smoke", "--config.job=tran", tmp_path=tmp_path)
     assert result.returncode != 0
-    assert "config.job='tran' is not one of ['sample']" in result.stderr
+    assert "config.job='tran' is not one of ['sample', 'train']" in result.stderr

@@ -76,7 +76,7 @@ def tokenizer():
 
 def test_arithmetic_split_sizes_and_schema(arithmetic_records):
     assert {s: len(r) for s, r in arithmetic_records.items()} == {
-        "train": 20000,
+        "train": 200_000,
         "validation": 512,
         "test": 512,
     }
@@ -123,7 +123,7 @@ def test_arithmetic_mul2_uses_every_question_once(tmp_path):
 
 def test_arithmetic_configs_and_errors(tmp_path):
     assert list(JaxrlArithmetic.builder_configs) == ["add3", "add2", "mul2"]
-    assert JaxrlArithmetic.name == "jaxrl_arithmetic" and str(JaxrlArithmetic.VERSION) == "1.0.0"
+    assert JaxrlArithmetic.name == "jaxrl_arithmetic" and str(JaxrlArithmetic.VERSION) == "1.1.0"
     with pytest.raises(
         ValueError, match="unknown arithmetic builder config 'add9'.*data.builder_config.*add3"
     ):

@@ -57,6 +57,8 @@ class Phase:
     stop_metric: tuple[str, float] | None = None  # (eval key, threshold) ends the phase early
     eval_every: int = 0
     eval_split: str = "test"
+    epochs: int = 1  # passes over each batch
+    minibatches: int = 1  # optimiser steps per pass
 
 
 def _phase_list(config, algorithm: Algorithm) -> list[Phase]:
@@ -96,6 +98,8 @@ def _phase_list(config, algorithm: Algorithm) -> list[Phase]:
             critic_optimizer=critic_opt,
             eval_every=config.eval.every,
             eval_split=config.eval.split,
+            epochs=t.epochs,
+            minibatches=t.minibatches,
         )
     )
     return phases
@@ -278,7 +282,7 @@ class Trainer:
             phase.critic_optimizer,
             temperature=self.sampling.temperature,
             microbatches=cfg.train.microbatches,
-            recompute_old_logp=cfg.train.epochs * cfg.train.minibatches > 1,
+            recompute_old_logp=phase.epochs * phase.minibatches > 1,
         )
         self.step_fns[phase.name] = (prepare, update)
         end = start + phase.steps
@@ -339,17 +343,17 @@ class Trainer:
         t0 = time.perf_counter()
         batch, state = prepare(state, batch)
         rows = batch.prompt_ids.shape[0]
-        per_update = rows // cfg.minibatches
+        per_update = rows // phase.minibatches
         step_rng = jax.random.fold_in(state.rng, int(state.step))
         totals: dict[str, Any] = {}
         num_updates = 0
-        for epoch in range(cfg.epochs):
+        for epoch in range(phase.epochs):
             order = (
                 np.asarray(jax.random.permutation(jax.random.fold_in(step_rng, 1000 + epoch), rows))
-                if cfg.minibatches > 1
+                if phase.minibatches > 1
                 else np.arange(rows)
             )
-            for mb in range(cfg.minibatches):
+            for mb in range(phase.minibatches):
                 new_state, m, finite = update(state, batch, order[mb * per_update : (mb + 1) * per_update])
                 if not bool(finite):
                     if cfg.nonfinite == "stop":
@@ -414,7 +418,8 @@ class Trainer:
         """Periodic evaluation (tag None) on `phase.eval_split` (greedy only during SFT: the
         stopping rule), or the one before/after a phase (tag) on `eval.split` with pass@k, which
         is also printed and kept in summary.json. Every result is a metrics line (phase 'eval')."""
-        if tag == "before" and self._last_tagged == step:  # same parameters as the last 'after'
+        # The same parameters as the last 'after' evaluation (pair metrics are new for preference).
+        if tag == "before" and self._last_tagged == step and phase.algorithm.data != "preference":
             return {}
         split = phase.eval_split if tag is None else self.config.eval.split
         sampled = tag is not None or phase.name != "sft"
