@@ -457,7 +457,7 @@ class Trainer:
         self.summary["plot"] = path
 
 
-_BAR_KEYS = ("reward_mean", "nll", "loss", "kl")
+_BAR_KEYS = ("reward_mean", "nll", "kl", "entropy")
 # Config fields a resumed run may change (extend a run, silence the progress bar).
 _RESUMABLE_CHANGES = ("train.steps", "progress")
 
