@@ -1,7 +1,7 @@
 """The default main job: SFT warm-start of a tiny model on 3-digit addition, then GRPO.
 
     python -m jaxrl_llm.main --config=configs/grpo_arithmetic.py --workdir=runs/grpo_arithmetic
-    python -m jaxrl_llm.main --config=configs/grpo_arithmetic.py:smoke --workdir=/tmp/smoke
+    python -m jaxrl_llm.main --config=configs/grpo_arithmetic.py:smoke --workdir=runs/smoke
 
 A 1.19M-parameter Llama-style model (d=192, 2 layers, 8 heads) is trained from scratch with SFT
 until greedy accuracy on the validation split reaches 30% (checked every 10 steps: learning comes

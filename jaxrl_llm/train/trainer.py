@@ -35,6 +35,7 @@ from jaxrl_llm.train.evaluation import Evaluator, decode_responses
 from jaxrl_llm.train.metrics import MetricsWriter
 from jaxrl_llm.train.plots import plot_curves
 from jaxrl_llm.train.steps import TrainState, make_step_fns
+from jaxrl_llm.transforms.base import InjectState
 from jaxrl_llm.types import Algorithm, PreferenceBatch, Rollout
 
 
@@ -61,12 +62,18 @@ class Phase:
     minibatches: int = 1  # optimiser steps per pass
 
 
+def _optimizer_config(config, overrides) -> ml_collections.ConfigDict:
+    """`config.optimizer` with the fields of `overrides` replaced (SFT and critic optimisers)."""
+    merged = ml_collections.ConfigDict(config.optimizer.to_dict())
+    merged.update(overrides.to_dict())
+    return merged
+
+
 def _phase_list(config, algorithm: Algorithm) -> list[Phase]:
     t = config.train
     phases = []
     if config.sft.steps > 0:
-        sft_opt = ml_collections.ConfigDict(config.optimizer.to_dict())
-        sft_opt.update(config.sft.optimizer.to_dict())
+        sft_opt = _optimizer_config(config, config.sft.optimizer)
         phases.append(
             Phase(
                 name="sft",
@@ -85,9 +92,7 @@ def _phase_list(config, algorithm: Algorithm) -> list[Phase]:
     updates = t.steps * t.epochs * t.minibatches
     critic_opt = None
     if algorithm.value_objective is not None:
-        critic_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
-        critic_cfg.update(config.critic.optimizer.to_dict())
-        critic_opt = builders.make_optimizer(critic_cfg, updates)
+        critic_opt = builders.make_optimizer(_optimizer_config(config, config.critic.optimizer), updates)
     phases.append(
         Phase(
             name="main",
@@ -371,7 +376,7 @@ class Trainer:
         for k, v in jax.device_get(totals).items():
             metrics[k] = float(v) / num_updates
         metrics["update_time"] = time.perf_counter() - t0
-        if isinstance(state.algo_state, tuple) and hasattr(state.algo_state, "hyperparams"):
+        if isinstance(state.algo_state, InjectState):  # scheduled hyper-parameters
             for k, v in state.algo_state.hyperparams.items():
                 metrics[f"hparam/{k}"] = float(v)
         return state, metrics
