@@ -73,14 +73,12 @@ class Evaluator:
             shuffle=False,
         )
         if kind == "preference":
-            ds = pipeline.preference_dataset(source, self.tokenizer, max_target_len=self.greedy_len, **common)
+            ds = pipeline.preference_dataset(
+                source, self.tokenizer, max_target_len=self.config.sampling.max_new_tokens, **common
+            )
         else:
             ds = pipeline.prompt_dataset(source, self.tokenizer, **common)
         return n, [ds[i] for i in range(math.ceil(n / size))]
-
-    @property
-    def greedy_len(self) -> int:
-        return self.config.sampling.max_new_tokens
 
     def _correct(self, sampler, params, batch, rng, g: int) -> np.ndarray:
         out = sampler(params, batch["prompt_ids"], batch["prompt_mask"], rng)
