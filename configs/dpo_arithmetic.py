@@ -8,7 +8,7 @@ answer above the wrong one), likelihood accuracy (pi prefers the correct answer)
 accuracy, before and after DPO.
 """
 
-from jaxrl_llm.train.config import algo_config, base_config
+from jaxrl_llm.train.config import SMOKE_MODEL, algo_config, base_config
 
 
 def get_config(arg=None):
@@ -20,7 +20,7 @@ def get_config(arg=None):
     c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
     c.eval.every = 50
     if arg == "smoke":
-        c.model.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64)
+        c.model.update(SMOKE_MODEL)
         c.train.update(steps=4, batch_size=8, checkpoint_every=2)
         c.sft.update(steps=4, eval_every=2, batch_size=16)
         c.eval.update(every=2, num_prompts=16, batch_size=16, pass_k=2)

@@ -14,7 +14,7 @@ and pass@8 on the test split are printed before and after GRPO; `curves.png` plo
 reward next to held-out accuracy (the problem space is small enough to memorise, so watch both).
 """
 
-from jaxrl_llm.train.config import algo_config, base_config
+from jaxrl_llm.train.config import SMOKE_MODEL, algo_config, base_config
 
 
 def get_config(arg=None):
@@ -28,7 +28,7 @@ def get_config(arg=None):
     c.sft.update(steps=3000, target_accuracy=0.3)  # batch 128, Adam 3e-3, checked every 10 steps
     c.eval.every = 50
     if arg == "smoke":
-        c.model.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64)
+        c.model.update(SMOKE_MODEL)
         c.train.update(steps=6, batch_size=8, checkpoint_every=2)
         c.sampling.num_samples = 4
         c.sft.update(steps=4, eval_every=2, batch_size=16)

@@ -7,7 +7,7 @@ exact-match outcome on the last token minus a small k1 KL-to-reference penalty o
 GAE(gamma=1, lam=0.95), whitened advantages, two epochs of two mini-batches per rollout.
 """
 
-from jaxrl_llm.train.config import algo_config, base_config
+from jaxrl_llm.train.config import SMOKE_MODEL, algo_config, base_config
 
 
 def get_config(arg=None):
@@ -21,7 +21,7 @@ def get_config(arg=None):
     c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
     c.eval.every = 50
     if arg == "smoke":
-        c.model.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64)
+        c.model.update(SMOKE_MODEL)
         c.train.update(steps=4, batch_size=8, checkpoint_every=2)
         c.sampling.num_samples = 2
         c.sft.update(steps=4, eval_every=2, batch_size=16)

@@ -7,23 +7,33 @@ Hugging Face directory (config.json, *.safetensors, tokenizer.json), it samples 
     python -m jaxrl_llm.main --config=configs/sample_demo.py
     python -m jaxrl_llm.main --config=configs/sample_demo.py:smoke --workdir=runs/demo
     python -m jaxrl_llm.main --config=configs/sample_demo.py \
-        --config.checkpoint=/models/Qwen2.5-0.5B-Instruct --config.chat=True \
+        --config.model.checkpoint=/models/Qwen2.5-0.5B-Instruct --config.chat=True \
         --config.prompts='("What is 17 * 3?",)' --config.sampling.top_p=0.9
 """
 
 import ml_collections
+
+from jaxrl_llm.train.config import ARITHMETIC_ALPHABET
 
 
 def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.job = "sample"
     config.seed = 0
-    # Local HF checkpoint directory; '' builds the tiny random model below.
-    config.checkpoint = ""
-    config.dtype = "float32"  # 'bfloat16' on accelerators; float32 is faster on XLA:CPU
+    # model.checkpoint: a local HF checkpoint directory; '' builds a random model of this shape
+    # with a character tokenizer over tokenizer.alphabet (the same fields as training configs).
     config.model = ml_collections.ConfigDict(
-        dict(d_model=128, num_layers=4, num_heads=4, num_kv_heads=2, mlp_dim=512)
+        dict(
+            checkpoint="",
+            dtype="float32",  # 'bfloat16' on accelerators; float32 is faster on XLA:CPU
+            d_model=128,
+            num_layers=4,
+            num_heads=4,
+            num_kv_heads=2,
+            mlp_dim=512,
+        )
     )
+    config.tokenizer = ml_collections.ConfigDict(dict(alphabet=ARITHMETIC_ALPHABET))
     config.prompts = ("12+34=", "7*8=", "100-1=")
     config.chat = False  # wrap each prompt as a user turn with the tokenizer's chat template
     config.max_prompt_len = 64

@@ -70,7 +70,7 @@ def test_sample_demo_loads_a_local_hf_checkpoint(tmp_path, tiny_config, tiny_par
     tokenizer.save(str(checkpoint))
     result = _main(
         "--config=configs/sample_demo.py:smoke",
-        f"--config.checkpoint={checkpoint}",
+        f"--config.model.checkpoint={checkpoint}",
         "--config.prompts=('ab', 'c d')",
         "--config.sampling.num_samples=2",
         "--config.sampling.top_p=0.9",

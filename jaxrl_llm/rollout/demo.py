@@ -9,29 +9,8 @@ import time
 import jax
 import numpy as np
 
-from jaxrl_llm.data.tokenizer import Tokenizer, char_tokenizer, load_tokenizer
-from jaxrl_llm.models.config import TransformerConfig
-from jaxrl_llm.models.hf import load_checkpoint
-from jaxrl_llm.models.transformer import init_params
 from jaxrl_llm.rollout.sampler import SamplingConfig, make_sampler
-
-DEMO_ALPHABET = "0123456789+-*/=# \n"
-
-
-def build_model(config) -> tuple[TransformerConfig, dict, Tokenizer]:
-    """(model config, params, tokenizer) from `config.checkpoint`, or the tiny random model."""
-    if config.checkpoint:
-        model_config, params = load_checkpoint(config.checkpoint, dtype=config.dtype)
-        return model_config, params, load_tokenizer(config.checkpoint)
-    tokenizer = char_tokenizer(DEMO_ALPHABET)
-    model_config = TransformerConfig(
-        vocab_size=tokenizer.vocab_size,
-        dtype=config.dtype,
-        eos_token_id=tokenizer.eos_ids,
-        pad_token_id=tokenizer.pad_id,
-        **config.model,
-    )
-    return model_config, init_params(model_config, jax.random.PRNGKey(config.seed)), tokenizer
+from jaxrl_llm.train.builders import build_model
 
 
 def run_sampling(config, workdir: str | None = None) -> list[dict]:
@@ -41,11 +20,6 @@ def run_sampling(config, workdir: str | None = None) -> list[dict]:
     also writes them to `workdir/samples.jsonl`.
     """
     model_config, params, tokenizer = build_model(config)
-    if model_config.vocab_size < tokenizer.vocab_size:
-        raise ValueError(
-            f"tokenizer has {tokenizer.vocab_size} ids but the model only {model_config.vocab_size} "
-            "embeddings: checkpoint and tokenizer do not belong together"
-        )
     prompts = list(config.prompts)
     texts = [
         tokenizer.apply_chat_template([{"role": "user", "content": p}]) if config.chat else p for p in prompts
@@ -71,7 +45,7 @@ def run_sampling(config, workdir: str | None = None) -> list[dict]:
 
     ids, mask, logp = (np.asarray(x) for x in (out.response_ids, out.response_mask, out.logprobs))
     records = []
-    print(f"model: {model_config.num_params / 1e6:.2f}M params ({config.checkpoint or 'random init'})")
+    print(f"model: {model_config.num_params / 1e6:.2f}M params ({config.model.checkpoint or 'random init'})")
     for row in range(ids.shape[0]):
         prompt = prompts[row // sampling.num_samples]
         tokens = ids[row][mask[row] == 1]

@@ -12,6 +12,8 @@ import ml_collections
 from ml_collections import config_dict
 
 ARITHMETIC_ALPHABET = "0123456789+-*/=# \n"
+# The model shape of every `:smoke` config (seconds-long runs in tests).
+SMOKE_MODEL = dict(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64)
 
 
 def algo_config(name: str, **overrides) -> ml_collections.ConfigDict:
