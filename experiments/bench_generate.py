@@ -19,51 +19,10 @@ import time
 
 import jax
 import numpy as np
+from bench_common import build_checkpoint, time_runs
 
 from jaxrl_llm.models.hf import load_checkpoint
 from jaxrl_llm.rollout.sampler import SamplingConfig, make_sampler
-
-SIZES = {
-    # name: (d_model, layers, heads, kv_heads, mlp_dim, vocab)
-    "small": (128, 4, 4, 4, 512, 512),
-    "52M": (512, 8, 8, 4, 1024, 32000),
-}
-
-
-def build_checkpoint(size: str, path: str):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    d, layers, heads, kv_heads, mlp, vocab = SIZES[size]
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=d,
-        intermediate_size=mlp,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=512,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.save_pretrained(path)
-    return model
-
-
-def time_runs(fns: dict, repeats: int) -> dict[str, list[float]]:
-    """Warm each fn once, then time them alternately `repeats` times. Returns seconds per run."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def bench(size: str, batch: int, samples: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
