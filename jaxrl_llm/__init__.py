@@ -59,13 +59,21 @@ from jaxrl_llm.rollout.sampler import (
     sample_from_logits,
     token_logprobs,
 )
+from jaxrl_llm.sharding import (
+    Partitioning,
+    batch_shardings,
+    make_mesh,
+    make_partitioning,
+    mesh_config,
+    param_shardings,
+)
 from jaxrl_llm.train.checkpoint import Checkpointer
 from jaxrl_llm.train.config import base_config
 from jaxrl_llm.train.evaluation import pass_at_k
 from jaxrl_llm.train.forward import critic_values, policy_outputs
 from jaxrl_llm.train.metrics import MetricsWriter, read_metrics
 from jaxrl_llm.train.plots import plot_curves
-from jaxrl_llm.train.steps import TrainState
+from jaxrl_llm.train.steps import TrainState, state_shardings
 from jaxrl_llm.train.trainer import NonFiniteLossError, Trainer, train
 from jaxrl_llm.transforms.base import (
     InjectState,
@@ -107,6 +115,7 @@ __all__ = [
     "MetricsWriter",
     "ModelOutputs",
     "NonFiniteLossError",
+    "Partitioning",
     "PreferenceBatch",
     "PromptTooLongError",
     "RewardFunctionError",
@@ -126,6 +135,7 @@ __all__ = [
     "ValueModel",
     "aggregate",
     "base_config",
+    "batch_shardings",
     "chain",
     "char_tokenizer",
     "clipped_pg_objective",
@@ -158,13 +168,17 @@ __all__ = [
     "logical_axes",
     "logprobs_and_entropy",
     "make_algorithm",
+    "make_mesh",
+    "make_partitioning",
     "make_sampler",
     "make_source",
     "masked_mean",
     "masked_whiten",
     "math_answer",
+    "mesh_config",
     "named_chain",
     "normalize_rewards",
+    "param_shardings",
     "pass_at_k",
     "plot_curves",
     "policy_outputs",
@@ -187,6 +201,7 @@ __all__ = [
     "sequence_logps",
     "sft",
     "sft_dataset",
+    "state_shardings",
     "to_hf_config",
     "token_logprobs",
     "train",

@@ -28,6 +28,8 @@ EXPECTED_API = {
     "register_reward", "registered_algorithms", "reward_to_tokens", "rloo_advantage_transform",
     "rloo_advantages", "sample_from_logits", "save_checkpoint", "score_completions", "sequence_logps",
     "sft", "sft_dataset", "to_hf_config", "token_logprobs", "train", "whiten_advantages",
+    "Partitioning", "batch_shardings", "make_mesh", "make_partitioning", "mesh_config", "param_shardings",
+    "state_shardings",
 }  # fmt: skip
 
 

@@ -87,6 +87,17 @@ def test_update_and_sampler_compile_once(grpo_run):
     assert trainer.sampler.jitted._cache_size() == 1
 
 
+def test_ignore_eos_makes_every_rollout_full_length(grpo_run, data_dir, tmp_path):
+    trainer, _, _ = grpo_run
+    assert trainer.sampling.stop_ids == trainer.tokenizer.eos_ids  # the default stops at EOS
+    forced = Trainer(smoke("grpo_arithmetic", data_dir, sampling__ignore_eos=True), str(tmp_path))
+    assert forced.sampling.stop_ids == ()
+    ids, mask = forced.tokenizer.encode_batch(["12+34="] * 4, max_length=forced.config.data.max_prompt_len)
+    out = forced.sampler(forced.init_params, ids, mask, jax.random.PRNGKey(0))
+    assert int(out.num_steps) == forced.sampling.max_new_tokens
+    assert np.asarray(out.response_mask).all()
+
+
 @register_reward("stops")
 def stops(*, prompt, completion, answer, finished):
     """1 for a response that emits EOS: a reward a random smoke-size policy can earn."""

@@ -46,16 +46,28 @@ class ArithmeticConfig(tfds.core.BuilderConfig):
 
 
 class JaxrlArithmetic(tfds.core.GeneratorBasedBuilder):
-    """TFDS builder `jaxrl_arithmetic`: configs add3 (default), add2, mul2."""
+    """TFDS builder `jaxrl_arithmetic`: configs add3_fixed (default), add3, add2, mul2."""
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         "1.1.0": "add3: operands in [100, 999] and 200k training questions; min_operand field.",
+        "1.2.0": "add3_fixed (the default): operands in [100, 499], so every sum has 3 digits.",
     }
     BUILDER_CONFIGS = [
-        # 3-digit operands (fixed width) and 200k training questions: with 20k, SFT memorised them
-        # and learned slowly; with this, an 8-head 2-layer model learns in a sharp transition.
+        # Every answer has the same width, so the position of each answer digit relative to the
+        # operand digits it depends on is fixed. With add3's 3- or 4-digit sums, small models often
+        # learned the digit alignment for one answer width only (e.g. 89% on 3-digit sums, 10% on
+        # 4-digit ones) and GRPO could not repair it; see experiments/README.md.
+        ArithmeticConfig(
+            name="add3_fixed",
+            description="a+b, a and b in [100, 499] (every sum has 3 digits)",
+            min_operand=100,
+            max_operand=499,
+            num_train=150_000,
+        ),
+        # 3-digit operands and 200k training questions: with 20k, SFT memorised them and learned
+        # slowly. Sums have 3 or 4 digits.
         ArithmeticConfig(
             name="add3", description="a+b, a and b in [100, 999]", min_operand=100, num_train=200_000
         ),
@@ -105,7 +117,7 @@ class JaxrlArithmetic(tfds.core.GeneratorBasedBuilder):
             yield i, {"question": f"{x}{op}{y}=", "answer": f"#### {OPERATORS[op](x, y)}"}
 
 
-def prepare_arithmetic(builder_config: str | ArithmeticConfig = "add3", data_dir: str | None = None):
+def prepare_arithmetic(builder_config: str | ArithmeticConfig = "add3_fixed", data_dir: str | None = None):
     """Builds `jaxrl_arithmetic/<builder_config>` as array_record (once; later calls reuse it).
 
     data_dir: TFDS data directory; None or '' for TFDS's default (~/tensorflow_datasets).

@@ -81,7 +81,7 @@ def _arithmetic_source(config, split: str) -> TfdsSource:
     from jaxrl_llm.data.arithmetic import prepare_arithmetic
 
     builder = prepare_arithmetic(
-        getattr(config, "builder_config", "") or "add3", getattr(config, "data_dir", "")
+        getattr(config, "builder_config", "") or "add3_fixed", getattr(config, "data_dir", "")
     )
     return tfds_split(builder, split)
 
@@ -182,7 +182,7 @@ def make_source(data_config, split: str) -> Sequence[dict]:
     """The records of one split, random access: `len(source)`, `source[i]` -> dict of str.
 
     data_config fields: name ('arithmetic' | 'gsm8k' | 'jsonl'), builder_config (arithmetic config,
-    default 'add3'), data_dir (TFDS data dir, '' = default), path (jsonl: contains '{split}'),
+    default 'add3_fixed'), data_dir (TFDS data dir, '' = default), path (jsonl: contains '{split}'),
     question_field, answer_field. The fields of the first record are checked here.
     """
     name = getattr(data_config, "name", None)

@@ -312,9 +312,17 @@ class Transformer(nn.Module):
         self.layers = [Block(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
         self.final_norm = RMSNorm(cfg, cfg.d_model)
 
+    def _embed(self, tokens):
+        """[B, S] ids -> [B, S, D]. Under a mesh the table's 'embed' dimension is gathered first
+        (as FSDP does for every weight): rows looked up from an 'embed'-sharded table have no
+        efficient reshard to the batch-sharded activations."""
+        table = nn.with_logical_constraint(self.embed, ("vocab", None))
+        x = jnp.take(table, tokens, axis=0).astype(jnp.dtype(self.config.dtype))
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
     def __call__(self, tokens, positions, mask):
         """tokens, positions, mask: [B, S]. Returns (hidden [B, S, D], per-layer (k, v))."""
-        x = jnp.take(self.embed, tokens, axis=0).astype(jnp.dtype(self.config.dtype))
+        x = self._embed(tokens)
         kvs = []
         for layer in self.layers:
             x, kv = layer(x, positions, mask)
@@ -323,7 +331,7 @@ class Transformer(nn.Module):
 
     def decode(self, tokens, positions, cache: KVCache):
         """tokens, positions: [B * G, S] new tokens. Returns (hidden [B*G, S, D], new cache)."""
-        x = jnp.take(self.embed, tokens, axis=0).astype(jnp.dtype(self.config.dtype))
+        x = self._embed(tokens)
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             layer_cache = (
@@ -363,7 +371,8 @@ class CausalLM(nn.Module):
         else:
             head = self.lm_head.astype(dtype)
         logits = jnp.einsum("...d,dv->...v", hidden.astype(dtype), head)
-        return nn.with_logical_constraint(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+        axes = ("batch", "length")[: logits.ndim - 1] + ("vocab",)  # prefill's logits are [B, V]
+        return nn.with_logical_constraint(logits, axes).astype(jnp.float32)
 
     def __call__(self, tokens, mask, positions=None):
         """Full forward. tokens, mask: [B, S]; positions default to cumsum(mask) - 1. -> [B, S, V]."""

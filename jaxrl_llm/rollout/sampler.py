@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrl_llm import sharding
 from jaxrl_llm.models.config import TransformerConfig
-from jaxrl_llm.models.transformer import CausalLM, init_cache
+from jaxrl_llm.models.transformer import CausalLM, KVCache, init_cache
 
 Array = jax.Array
 
@@ -165,13 +166,26 @@ def token_logprobs(logits: Array, tokens: Array, temperature: float) -> Array:
     return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
 
 
+def _constrain_cache(cache: KVCache) -> KVCache:
+    """Keeps the cache's rows on 'batch' and its key/value heads on 'kv_heads' (see KVCache for
+    the layouts); a no-op without a mesh."""
+    k_axes, v_axes = ("batch", "kv_heads", "head_dim", None), ("batch", "kv_heads", None, "head_dim")
+    return cache.replace(
+        prefix_k=sharding.constrain(cache.prefix_k, k_axes),
+        prefix_v=sharding.constrain(cache.prefix_v, v_axes),
+        prefix_mask=sharding.constrain(cache.prefix_mask, ("batch", None)),
+        k=sharding.constrain(cache.k, k_axes),
+        v=sharding.constrain(cache.v, v_axes),
+    )
+
+
 def _sample(model: CausalLM, config: SamplingConfig, params, prompt_ids, prompt_mask, rng) -> SampleOutput:
     batch = prompt_ids.shape[0]
     g, t_max = config.num_samples, config.max_new_tokens
     n = batch * g
     variables = {"params": params}
     last_logits, prefix_kv = model.apply(variables, prompt_ids, prompt_mask, method=CausalLM.prefill)
-    cache = init_cache(prefix_kv, prompt_mask, g, t_max)
+    cache = _constrain_cache(init_cache(prefix_kv, prompt_mask, g, t_max))
     first_pos = jnp.repeat(jnp.sum(prompt_mask, axis=-1).astype(jnp.int32), g)  # [N]
     logits = jnp.repeat(last_logits, g, axis=0)  # [N, V]; the prompt itself is never repeated
     stop_ids = jnp.asarray(config.stop_ids or (-1,), jnp.int32)
@@ -201,6 +215,7 @@ def _sample(model: CausalLM, config: SamplingConfig, params, prompt_ids, prompt_
         step, token, done, ids, logps, mask, cache = carry
         positions = (first_pos + step - 1)[:, None]
         logits, cache = model.apply(variables, token[:, None], positions, cache, method=CausalLM.decode)
+        cache = _constrain_cache(cache)
         mask = mask.at[:, step].set((~done).astype(jnp.int32))
         token, done, ids, logps = emit(step, logits[:, 0], done, ids, logps)
         return step + 1, token, done, ids, logps, mask, cache
@@ -212,14 +227,37 @@ def _sample(model: CausalLM, config: SamplingConfig, params, prompt_ids, prompt_
     return SampleOutput(ids, mask, logps, group_ids, step)
 
 
-def make_sampler(model_config: TransformerConfig, config: SamplingConfig) -> Callable[..., SampleOutput]:
+def make_sampler(
+    model_config: TransformerConfig,
+    config: SamplingConfig,
+    partitioning: sharding.Partitioning | None = None,
+) -> Callable[..., SampleOutput]:
     """Returns `sample(params, prompt_ids, prompt_mask, rng) -> SampleOutput`, jitted.
 
     prompt_ids, prompt_mask: [B, P], left-padded (the last column must be a real token).
     Compiles once per prompt shape; params may be any pytree `CausalLM(model_config)` accepts.
+    With a `partitioning`, it runs sharded: params by their logical axes, prompts, outputs and
+    the KV cache over 'batch' (rows) and 'kv_heads'.
     """
     model = CausalLM(model_config)
-    jitted = jax.jit(lambda params, ids, mask, rng: _sample(model, config, params, ids, mask, rng))
+
+    def run(params, ids, mask, rng):
+        return _sample(model, config, params, ids, mask, rng)
+
+    if partitioning is None:
+        jitted = jax.jit(run)
+    else:
+        p = partitioning
+        jitted = sharding.ShardedJit(
+            run,
+            p,
+            in_shardings=lambda params, ids, mask, rng: (
+                sharding.param_shardings(params, model_config, p),
+                *sharding.batch_shardings((ids, mask), p),
+                sharding.replicated(rng, p),
+            ),
+            out_shardings=lambda out: sharding.batch_shardings(out, p),
+        )
 
     def sample(params, prompt_ids, prompt_mask, rng) -> SampleOutput:
         if not isinstance(prompt_mask, jax.core.Tracer):

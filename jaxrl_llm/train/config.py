@@ -11,6 +11,8 @@ import inspect
 import ml_collections
 from ml_collections import config_dict
 
+from jaxrl_llm.sharding import mesh_config
+
 ARITHMETIC_ALPHABET = "0123456789+-*/=# \n"
 # The model shape of every `:smoke` config (seconds-long runs in tests).
 SMOKE_MODEL = dict(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64)
@@ -68,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(
         dict(
             name="arithmetic",  # 'arithmetic' (TFDS, generated offline) | 'gsm8k' (TFDS) | 'jsonl'
-            builder_config="add3",
+            builder_config="add3_fixed",  # a+b, a and b in [100, 499]; see data/arithmetic.py
             data_dir="",  # TFDS data dir ('' = TFDS default)
             path="",  # jsonl: path with a {split} placeholder
             splits=("train", "validation", "test"),
@@ -82,9 +84,10 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
 
-    # Sampling for rollouts (G = num_samples per prompt).
+    # Sampling for rollouts (G = num_samples per prompt). ignore_eos: EOS does not end a sample, so
+    # every response is max_new_tokens long (benchmarks; vLLM's option of the same name).
     c.sampling = ml_collections.ConfigDict(
-        dict(max_new_tokens=6, num_samples=8, temperature=1.0, top_k=0, top_p=1.0)
+        dict(max_new_tokens=6, num_samples=8, temperature=1.0, top_k=0, top_p=1.0, ignore_eos=False)
     )
 
     # Algorithm: `name` from the registry; other fields are its hyper-parameters.
@@ -133,6 +136,10 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
 
+    # Device mesh ('data', 'fsdp', 'tensor'; -1 fills the devices left) and the one logical-axis
+    # rule table; a one-device mesh runs plain `jax.jit`. See jaxrl_llm/sharding.py.
+    c.mesh = mesh_config(data=-1, fsdp=1, tensor=1)
+
     # Optional supervised warm-start before the main algorithm (steps=0 disables).
     c.sft = ml_collections.ConfigDict(
         dict(
@@ -141,7 +148,7 @@ def base_config() -> ml_collections.ConfigDict:
             target_accuracy=0.0,  # stop when greedy accuracy on eval_split reaches it (0: never)
             eval_every=10,
             eval_split="validation",
-            optimizer=ml_collections.ConfigDict(dict(learning_rate=3e-3)),  # overrides of `optimizer`
+            optimizer=ml_collections.ConfigDict(dict(learning_rate=1e-3)),  # overrides of `optimizer`
         )
     )
     return c

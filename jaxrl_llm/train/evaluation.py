@@ -34,7 +34,16 @@ class Evaluator:
     """`evaluator(params, split, ref_params, algorithm) -> {metric: value}` on the first
     `eval.num_prompts` records of `split`, in fixed-size batches (one compile per sampler)."""
 
-    def __init__(self, model_config, tokenizer, sources, reward_fns, config, sampling: SamplingConfig):
+    def __init__(
+        self,
+        model_config,
+        tokenizer,
+        sources,
+        reward_fns,
+        config,
+        sampling: SamplingConfig,
+        partitioning=None,
+    ):
         self.config = config
         self.model_config = model_config
         self.tokenizer = tokenizer
@@ -42,12 +51,14 @@ class Evaluator:
         self.reward_fns = reward_fns
         e = config.eval
         self.greedy = make_sampler(
-            model_config, dataclasses.replace(sampling, num_samples=1, temperature=0.0)
+            model_config, dataclasses.replace(sampling, num_samples=1, temperature=0.0), partitioning
         )
         self.k = e.pass_k
         self.sampled = (
             make_sampler(
-                model_config, dataclasses.replace(sampling, num_samples=e.pass_k, temperature=e.temperature)
+                model_config,
+                dataclasses.replace(sampling, num_samples=e.pass_k, temperature=e.temperature),
+                partitioning,
             )
             if e.pass_k > 0
             else None

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrl_llm import sharding
 from jaxrl_llm.algorithms.common import token_mean
 from jaxrl_llm.models.config import TransformerConfig
 from jaxrl_llm.train.forward import batch_policy_outputs, critic_values, loss_mask
@@ -31,6 +32,32 @@ class TrainState(NamedTuple):
     ref_params: Any = None
     critic_params: Any = None
     critic_opt_state: Any = None
+
+
+def state_shardings(state: TrainState, model_config: TransformerConfig, partitioning: sharding.Partitioning):
+    """NamedShardings of every leaf of `state` (concrete or abstract): the policy, the reference
+    and the critic by their heads' logical axes, optimiser states like their parameters where
+    param-shaped, step, RNG and algorithm state replicated."""
+    p = partitioning
+
+    def model(params, head):
+        return None if params is None else sharding.param_shardings(params, model_config, p, head)
+
+    def optimizer(opt_state, params, head):
+        if opt_state is None:
+            return None
+        return sharding.optimizer_shardings(opt_state, params, model_config, p, head)
+
+    return TrainState(
+        step=sharding.replicated(state.step, p),
+        params=model(state.params, "causal_lm"),
+        opt_state=optimizer(state.opt_state, state.params, "causal_lm"),
+        algo_state=sharding.replicated(state.algo_state, p),
+        rng=sharding.replicated(state.rng, p),
+        ref_params=model(state.ref_params, "causal_lm"),
+        critic_params=model(state.critic_params, "value"),
+        critic_opt_state=optimizer(state.critic_opt_state, state.critic_params, "value"),
+    )
 
 
 def with_normalisers(batch):
@@ -75,8 +102,13 @@ def make_step_fns(
     temperature: float,
     microbatches: int,
     recompute_old_logp: bool,
+    partitioning: sharding.Partitioning | None = None,
 ):
-    """Returns (prepare, update), both jitted; see the module docstring."""
+    """Returns (prepare, update), both jitted; see the module docstring.
+
+    With a `partitioning` (a mesh of more than one device) both take explicit in/out shardings:
+    the state by `state_shardings`, batches on their leading axis, metrics replicated.
+    """
     has_critic = algorithm.value_objective is not None
     passes = algorithm.passes
 
@@ -156,4 +188,28 @@ def make_step_fns(
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
         return new, metrics, finite
 
-    return jax.jit(prepare), jax.jit(update, donate_argnums=0)
+    if partitioning is None:
+        return jax.jit(prepare), jax.jit(update, donate_argnums=0)
+    p = partitioning
+
+    def state_of(state):
+        return state_shardings(state, model_config, p)
+
+    prepare_sharded = sharding.ShardedJit(
+        prepare,
+        p,
+        in_shardings=lambda state, batch: (state_of(state), sharding.batch_shardings(batch, p)),
+        out_shardings=lambda out: (sharding.batch_shardings(out[0], p), state_of(out[1])),
+    )
+    update_sharded = sharding.ShardedJit(
+        update,
+        p,
+        in_shardings=lambda state, batch, rows: (
+            state_of(state),
+            sharding.batch_shardings(batch, p),
+            sharding.replicated(rows, p),
+        ),
+        out_shardings=lambda out: (state_of(out[0]), *sharding.replicated(out[1:], p)),
+        donate_argnums=0,
+    )
+    return prepare_sharded, update_sharded

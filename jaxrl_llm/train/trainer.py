@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxrl_llm import sharding
 from jaxrl_llm.algorithms import make_algorithm
 from jaxrl_llm.data import pipeline
 from jaxrl_llm.data.sources import make_source
@@ -34,7 +35,7 @@ from jaxrl_llm.train.checkpoint import Checkpointer, save_on_sigterm
 from jaxrl_llm.train.evaluation import Evaluator, decode_responses
 from jaxrl_llm.train.metrics import MetricsWriter
 from jaxrl_llm.train.plots import plot_curves
-from jaxrl_llm.train.steps import TrainState, make_step_fns
+from jaxrl_llm.train.steps import TrainState, make_step_fns, state_shardings
 from jaxrl_llm.transforms.base import InjectState
 from jaxrl_llm.types import Algorithm, PreferenceBatch, Rollout
 
@@ -149,13 +150,20 @@ class Trainer:
             temperature=s.temperature,
             top_k=s.top_k,
             top_p=s.top_p,
-            stop_ids=self.tokenizer.eos_ids,
+            stop_ids=() if s.ignore_eos else self.tokenizer.eos_ids,
             pad_id=self.tokenizer.pad_id,
         )
-        self.sampler = make_sampler(self.model_config, self.sampling)
+        self.partitioning = sharding.make_partitioning(config.mesh)  # None on one device: plain jit
+        self.sampler = make_sampler(self.model_config, self.sampling, self.partitioning)
         self.phases = _phase_list(config, self.algorithm)
         self.evaluator = Evaluator(
-            self.model_config, self.tokenizer, self.sources, self.eval_reward, config, self.sampling
+            self.model_config,
+            self.tokenizer,
+            self.sources,
+            self.eval_reward,
+            config,
+            self.sampling,
+            self.partitioning,
         )
         self.writer: MetricsWriter | None = None
         self.summary: dict[str, Any] = {}
@@ -220,7 +228,7 @@ class Trainer:
         if algo.value_objective is not None:
             critic_params = _critic_from_policy(self.model_config, params, self.config.seed)
             critic_opt = phase.critic_optimizer.init(critic_params)
-        return TrainState(
+        state = TrainState(
             step=jnp.asarray(step, jnp.int32),
             params=params,
             opt_state=phase.optimizer.init(params),
@@ -231,6 +239,10 @@ class Trainer:
             critic_params=critic_params,
             critic_opt_state=critic_opt,
         )
+        if self.partitioning is None:
+            return state
+        # Placed once; also the template checkpoints are restored into (sharded the same way).
+        return jax.device_put(state, state_shardings(state, self.model_config, self.partitioning))
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -288,6 +300,7 @@ class Trainer:
             temperature=self.sampling.temperature,
             microbatches=cfg.train.microbatches,
             recompute_old_logp=phase.epochs * phase.minibatches > 1,
+            partitioning=self.partitioning,
         )
         self.step_fns[phase.name] = (prepare, update)
         end = start + phase.steps
@@ -463,8 +476,8 @@ class Trainer:
 
 
 _BAR_KEYS = ("reward_mean", "nll", "kl", "entropy")
-# Config fields a resumed run may change (extend a run, silence the progress bar).
-_RESUMABLE_CHANGES = ("train.steps", "progress")
+# Config fields a resumed run may change (extend a run, silence the progress bar, another mesh).
+_RESUMABLE_CHANGES = ("train.steps", "progress", "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules")
 
 
 def _critic_from_policy(model_config, policy_params, seed: int):
