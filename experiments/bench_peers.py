@@ -32,8 +32,10 @@ JAX compilation without a persistent cache, and torch's first-call costs):
                 its measured time, and that as a fraction of the f32 matmul rate measured by a
                 large jitted jnp.dot in the same script under the same thread setting.
 `--profile` also prints our step split into rollout / scoring / log-probs / update / host
-overhead: each jitted piece timed alone with block_until_ready on the trained state after the
-run, host overhead = median step - the sum of the pieces.
+overhead, measured inside the trainer's own steps of the first run of each setting: the
+trainer's sample_time and score_time metrics, its two jitted step functions each followed by
+block_until_ready, and host overhead = step time - the four pieces of the same step (medians
+over the steps after the warm-up).
 
 Remaining differences between the frameworks (not removable without changing a framework):
   * Group sampling: ours prefills each prompt once and shares its KV cache across the G samples;
@@ -130,10 +132,9 @@ def worker_jaxrl(spec: dict) -> dict:
     import jax
     import numpy as np
 
-    from jaxrl_llm.rewards import register_reward, score_completions
+    from jaxrl_llm.rewards import register_reward
     from jaxrl_llm.train import trainer as trainer_lib
     from jaxrl_llm.train.config import algo_config, base_config
-    from jaxrl_llm.train.evaluation import decode_responses
     from jaxrl_llm.train.metrics import MetricsWriter, read_metrics
     from jaxrl_llm.types import Rollout
 
@@ -185,6 +186,9 @@ def worker_jaxrl(spec: dict) -> dict:
             return {}
 
     trainer_lib.MetricsWriter = RecordingWriter
+    step_fn_times: dict[str, list[float]] = {"logprobs": [], "update": []}
+    if spec.get("analyse"):
+        trainer_lib.make_step_fns = _timed_step_fns(trainer_lib.make_step_fns, step_fn_times, jax)
     trainer = BenchTrainer(c, os.path.join(workdir, "run"))
     start = time.perf_counter()
     trainer.fit()
@@ -202,63 +206,72 @@ def worker_jaxrl(spec: dict) -> dict:
     )
     if spec.get("analyse"):
         result["analysis"] = _analyse_our_step(
-            trainer, spec, prompts[:b], np, jax, decode_responses, score_completions, Rollout
+            trainer, spec, prompts[:b], records, step_fn_times, np, jax, Rollout
         )
     shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 
-def _analyse_our_step(trainer, spec, prompts, np, jax, decode_responses, score_completions, Rollout) -> dict:
-    """Times each piece of our step alone (block_until_ready after each) on the trained state, and
-    XLA's flop counts of the two jitted step functions."""
+def _timed_step_fns(make_step_fns, times: dict[str, list[float]], jax):
+    """`make_step_fns` whose (prepare, update) record their time (block_until_ready after each
+    call) into times['logprobs'] / times['update']; `.lower` is kept for the cost analysis."""
+
+    def make(*args, **kwargs):
+        def timed(name, fn):
+            def call(*a):
+                start = time.perf_counter()
+                out = jax.block_until_ready(fn(*a))
+                times[name].append(time.perf_counter() - start)
+                return out
+
+            for attr in ("lower", "_cache_size"):
+                if hasattr(fn, attr):
+                    setattr(call, attr, getattr(fn, attr))
+            return call
+
+        prepare, update = make_step_fns(*args, **kwargs)
+        return timed("logprobs", prepare), timed("update", update)
+
+    return make
+
+
+def _analyse_our_step(trainer, spec, prompts, records, times, np, jax, Rollout) -> dict:
+    """Our step's pieces, measured inside the trainer's own steps (after the warm-up step):
+    rollout = the trainer's sample_time (sampler + device-to-host copy of the responses),
+    scoring = its score_time (decoding + rewards), log-probs = `prepare` (reference pass +
+    advantages), update = `update`, host = step_time - the four, per step; medians over steps.
+    Plus XLA's flop counts of the two jitted step functions (lowered on the trained state)."""
     b, g, p = spec["prompts"], spec["samples"], spec["prompt_len"]
+    steps = records[1:]
+    per_step = {
+        "rollout": [r["sample_time"] for r in steps],
+        "scoring": [r["score_time"] for r in steps],
+        "logprobs": times["logprobs"][1 : len(records)],
+        "update": times["update"][1 : len(records)],
+    }
+    host = [r["step_time"] - sum(v[i] for v in per_step.values()) for i, r in enumerate(steps)]
     state = trainer.final_state
     prepare, update = trainer.step_fns["main"]
     ids, mask = trainer.tokenizer.encode_batch(prompts, max_length=p)
-    rows = np.arange(b * g)
-    answers = np.repeat(np.asarray(["0"] * b), g)
-    texts = np.repeat(np.asarray(prompts), g)
-    pieces: dict[str, list[float]] = {"rollout": [], "scoring": [], "logprobs": [], "update": []}
-    flops = {}
-    for i in range(spec["profile_repeats"] + 1):
-        rng = jax.random.PRNGKey(1000 + i)
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(trainer.sampler(state.params, ids, mask, rng))
-        t1 = time.perf_counter()
-        response_ids, response_mask = np.asarray(out.response_ids), np.asarray(out.response_mask)
-        completions, finished = decode_responses(
-            trainer.tokenizer, response_ids, response_mask, trainer.sampling.stop_ids
-        )
-        rewards, _ = score_completions(trainer.reward_fns, texts, completions, answers, finished)
-        t2 = time.perf_counter()
-        rollout = Rollout(
-            prompt_ids=np.repeat(ids, g, axis=0),
-            prompt_mask=np.repeat(mask, g, axis=0),
-            response_ids=out.response_ids,
-            response_mask=out.response_mask,
-            group_ids=out.group_ids,
-            logp_behav=out.logprobs,
-            rewards=np.asarray(rewards, np.float32),
-        )
-        if i == 0:
-            flops["logprobs"] = _cost_flops(prepare, state, rollout)
-        t3 = time.perf_counter()
-        batch, state = jax.block_until_ready(prepare(state, rollout))
-        t4 = time.perf_counter()
-        if i == 0:
-            flops["update"] = _cost_flops(update, state, batch, rows)
-        t5 = time.perf_counter()
-        state, _, _ = jax.block_until_ready(update(state, batch, rows))
-        t6 = time.perf_counter()
-        if i:  # the first round is a warm-up (and follows the cost analyses)
-            for name, seconds in (
-                ("rollout", t1 - t0),
-                ("scoring", t2 - t1),
-                ("logprobs", t4 - t3),
-                ("update", t6 - t5),
-            ):
-                pieces[name].append(seconds)
-    return {"pieces_s": {k: statistics.median(v) for k, v in pieces.items()}, "flops": flops}
+    out = trainer.sampler(state.params, ids, mask, jax.random.PRNGKey(1000))
+    rollout = Rollout(
+        prompt_ids=np.repeat(ids, g, axis=0),
+        prompt_mask=np.repeat(mask, g, axis=0),
+        response_ids=out.response_ids,
+        response_mask=out.response_mask,
+        group_ids=out.group_ids,
+        logp_behav=out.logprobs,
+        rewards=np.linspace(0, 1, b * g, dtype=np.float32),
+    )
+    flops = {"logprobs": _cost_flops(prepare, state, rollout)}
+    batch, state = prepare(state, rollout)
+    flops["update"] = _cost_flops(update, state, batch, np.arange(b * g))
+    return {
+        "pieces_s": {k: statistics.median(v) for k, v in per_step.items()},
+        "host_s": statistics.median(host),
+        "step_s": statistics.median(r["step_time"] for r in steps),
+        "flops": flops,
+    }
 
 
 def worker_trl(spec: dict) -> dict:
@@ -598,24 +611,22 @@ def print_table(results: dict, frameworks: list[str]) -> None:
 
 
 def print_profile(results: dict) -> None:
-    """Our step split into its jitted pieces (each timed alone) and the host remainder."""
+    """Our step split into its pieces, measured inside the trainer's steps of the first run."""
     print(
-        "\nOur step, profiled (each piece alone, block_until_ready; host overhead = median step - "
-        "the pieces, so timing noise can make it negative):"
+        "\nOur step, profiled inside the trainer's own steps (first run of each setting; medians "
+        "over its steps after the warm-up; host overhead = step - the four pieces, per step):"
     )
     print(
         "| model | prompts x G | beta | threads | rollout | scoring | log-probs | update | host overhead | step |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for case in results["cases"]:
-        pieces = case["analysis"]["pieces_s"]
-        step = case["frameworks"]["jaxrl"]["step_s"]
-        host = step - sum(pieces.values())
+        a = case["analysis"]
+        pieces, step = {**a["pieces_s"], "host": a["host_s"]}, a["step_s"]
         cells = [
             f"{1e3 * pieces[k]:.1f} ms ({100 * pieces[k] / step:.0f}%)"
-            for k in ("rollout", "scoring", "logprobs", "update")
+            for k in ("rollout", "scoring", "logprobs", "update", "host")
         ]
-        cells.append(f"{1e3 * host:.1f} ms ({100 * host / step:.0f}%)")
         print(
             f"| {case['size']} | {case['prompts']} x {case['samples']} | {case['beta']:g} | {case['threads']} | "
             + " | ".join(cells)

@@ -18,6 +18,8 @@ from jaxrl_llm.data.pipeline import (
 )
 from jaxrl_llm.data.sources import DatasetFieldError, final_answer, make_source
 from jaxrl_llm.data.tokenizer import Tokenizer, char_tokenizer, load_tokenizer
+from jaxrl_llm.distributed import distributed_config, initialize_distributed
+from jaxrl_llm.lora import merge_adapters
 from jaxrl_llm.losses import (
     AGGREGATION_MODES,
     aggregate,
@@ -29,7 +31,13 @@ from jaxrl_llm.losses import (
     ppo_clip_loss,
     sequence_logps,
 )
-from jaxrl_llm.models.config import TransformerConfig, UnsupportedModelError, from_hf_config, to_hf_config
+from jaxrl_llm.models.config import (
+    LoraConfig,
+    TransformerConfig,
+    UnsupportedModelError,
+    from_hf_config,
+    to_hf_config,
+)
 from jaxrl_llm.models.hf import CheckpointMismatchError, load_checkpoint, save_checkpoint
 from jaxrl_llm.models.transformer import (
     CausalLM,
@@ -112,6 +120,7 @@ __all__ = [
     "DatasetFieldError",
     "InjectState",
     "KVCache",
+    "LoraConfig",
     "MetricsWriter",
     "ModelOutputs",
     "NonFiniteLossError",
@@ -141,6 +150,7 @@ __all__ = [
     "clipped_pg_objective",
     "clipped_value_loss",
     "critic_values",
+    "distributed_config",
     "dpo",
     "dpo_loss",
     "entropy_from_logits",
@@ -158,6 +168,7 @@ __all__ = [
     "identity",
     "init_cache",
     "init_params",
+    "initialize_distributed",
     "inject_hyperparams",
     "is_static_zero",
     "kl_estimate",
@@ -175,6 +186,7 @@ __all__ = [
     "masked_mean",
     "masked_whiten",
     "math_answer",
+    "merge_adapters",
     "mesh_config",
     "named_chain",
     "normalize_rewards",

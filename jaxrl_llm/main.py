@@ -2,6 +2,10 @@
 
 Any config field can be overridden on the command line, e.g. `--config.algo.beta=0.02`. Training
 jobs write to `--workdir` (default `runs/<config.name>`) and resume when it holds a checkpoint.
+
+Multi-process: start the same command once per process with `--config.distributed.process_id=i`
+(plus `coordinator_address`, `num_processes`), or with the environment variables
+JAXRL_COORDINATOR / JAXRL_NUM_PROCESSES / JAXRL_PROCESS_ID; see jaxrl_llm/distributed.py.
 """
 
 import logging
@@ -12,6 +16,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from jaxrl_llm.distributed import initialize_distributed
 from jaxrl_llm.rollout.demo import run_sampling
 from jaxrl_llm.train.trainer import Interrupted, train
 
@@ -35,6 +40,7 @@ def main(argv):
         raise app.UsageError("--config is required, e.g. --config=configs/sample_demo.py")
     if config.job not in JOBS:
         raise app.UsageError(f"config.job={config.job!r} is not one of {sorted(JOBS)}")
+    initialize_distributed(config.get("distributed"))  # before any JAX computation
     workdir = _WORKDIR.value
     if workdir is None and config.job == "train":
         workdir = os.path.join("runs", config.name)

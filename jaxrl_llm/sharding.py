@@ -21,7 +21,9 @@ abstract values (`jax.eval_shape`) -> logical partition specs -> mesh specs:
   sampler KV cache                      rows on 'batch', heads on 'kv_heads' (rollout/sampler.py)
 `ShardedJit` jits a function with those in/out shardings and traces it under the mesh and
 the rules (`activation_context`), so the model's activation constraints resolve through the
-same table.
+same table. The mesh may span processes (`jaxrl_llm.distributed`): host values enter it with
+`to_global` (every process passes the same value and fills its own devices' shards) and leave
+it with `to_host` (an all-gather when other processes hold shards).
 
 Why one rule per logical axis (correctness; measured on JAX 0.10.2, XLA:CPU, 8 fake devices).
 The trap of DESIGN.md section 4 is a contraction whose two operands shard the contracted
@@ -52,13 +54,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -125,6 +128,12 @@ def make_mesh(config, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """The ('data', 'fsdp', 'tensor') mesh of `config.mesh` over `devices` (default: all)."""
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(config, len(devices))
+    if jax.process_count() > 1 and math.prod(shape) != len(devices):
+        raise ValueError(
+            f"the mesh {dict(zip(MESH_AXES, shape, strict=True))} uses {math.prod(shape)} of the "
+            f"{len(devices)} devices, but a multi-process mesh must span every process's devices: "
+            "make mesh.data x mesh.fsdp x mesh.tensor equal the device count (or set one to -1)"
+        )
     return jax.make_mesh(
         shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices[: math.prod(shape)]
     )
@@ -212,12 +221,20 @@ def param_shardings(
     return shardings(params, names, partitioning)
 
 
+def _same_keys(names, params):
+    """The part of the logical-axes tree `names` that has the (nested dict) keys of `params`."""
+    if not isinstance(params, Mapping):
+        return names
+    return {key: _same_keys(names[key], value) for key, value in params.items()}
+
+
 def optimizer_shardings(
     opt_state, params, model_config: TransformerConfig, partitioning: Partitioning, head: str = "causal_lm"
 ):
     """Shardings of an optax state: every subtree with the structure of `params` (Adam's mu and
-    nu, ...) is sharded like the params; everything else (step counts, ...) is replicated."""
-    names = logical_axes(model_config, head)
+    nu, ...) is sharded like the params; everything else (step counts, ...) is replicated.
+    `params` may be part of the model's tree (under LoRA the optimiser sees only the adapters)."""
+    names = _same_keys(logical_axes(model_config, head), params)
     treedef = jax.tree.structure(params)
 
     def is_params_like(x) -> bool:
@@ -258,6 +275,38 @@ def constrain(tree, names: Sequence[str | None]):
     )
 
 
+def to_global(tree, shardings_tree):
+    """`jax.device_put(tree, shardings_tree)` that also works when the mesh spans processes.
+
+    With several processes, host values (numpy, Python scalars, process-local arrays) must be
+    the same in every process: each process copies the slices its own devices hold
+    (`jax.make_array_from_callback`, no cross-process traffic or equality check); arrays already
+    on the global mesh are resharded by `jax.device_put`.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings_tree)
+
+    def put(x, sharding):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        value = np.asarray(x)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(put, tree, shardings_tree)
+
+
+def to_host(tree):
+    """numpy copies of every array in `tree`. Arrays with shards in other processes are
+    all-gathered, which is a collective: every process must call it at the same point."""
+
+    def get(x):
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(get, tree)
+
+
 def _abstract(x):
     return jax.ShapeDtypeStruct(np.shape(x), x.dtype if hasattr(x, "dtype") else np.result_type(x))
 
@@ -270,6 +319,7 @@ class ShardedJit:
     once per argument signature (tree structure, shapes, dtypes), each signature getting its own
     jitted program. Arguments are moved to their shardings first (a no-op when already there),
     and `fn` is traced under `activation_context`, so the model's constraints use the same rules.
+    `compiler_options` go to `jax.jit` (e.g. `models.transformer.remat_compiler_options`).
     """
 
     def __init__(
@@ -279,9 +329,11 @@ class ShardedJit:
         in_shardings: Callable[..., tuple],
         out_shardings: Callable[[Any], Any],
         donate_argnums: int | tuple[int, ...] = (),
+        compiler_options: dict[str, str] | None = None,
     ):
         self.partitioning = partitioning
         self._fn, self._in, self._out, self._donate = fn, in_shardings, out_shardings, donate_argnums
+        self._compiler_options = compiler_options
         self._programs: dict[Any, tuple[Any, Any]] = {}
 
     def _traced(self, *args):
@@ -296,13 +348,19 @@ class ShardedJit:
             abstract = jax.tree.unflatten(treedef, abstract_leaves)
             ins = self._in(*abstract)
             outs = self._out(jax.eval_shape(self._traced, *abstract))
-            jitted = jax.jit(self._traced, in_shardings=ins, out_shardings=outs, donate_argnums=self._donate)
+            jitted = jax.jit(
+                self._traced,
+                in_shardings=ins,
+                out_shardings=outs,
+                donate_argnums=self._donate,
+                compiler_options=self._compiler_options,
+            )
             self._programs[key] = (jitted, ins)
         return self._programs[key]
 
     def __call__(self, *args):
         jitted, ins = self._program(args)
-        return jitted(*jax.device_put(args, ins))
+        return jitted(*to_global(args, ins))
 
     def _cache_size(self) -> int:
         """Compiled programs, summed over signatures (as `jax.jit(...)._cache_size()`)."""

@@ -4,8 +4,9 @@ process (XLA_FLAGS must be set before JAX starts). Prints one JSON report on std
     python tests/sharding_check.py [compilation cache dir]
 
 For each layout (mesh sizes + where the batch goes) it runs, sharded and on one device from the
-same inputs: the trainer's GRPO step (reference and pre-update passes, then an update on a
-shuffled half-batch in 2 micro-batches), its PPO step (critic pass; policy and critic updates),
+same inputs: the trainer's GRPO step with its shared-prompt passes (reference and pre-update
+passes, then an update on every row in 2 micro-batches, each prompt computed once per group), its
+PPO step (critic pass; policy and critic updates on a shuffled half-batch in 2 micro-batches),
 a Bradley-Terry reward-model step, and temperature-1 group sampling. The optimisers keep the
 gradient in their state, so gradients come out of the real update step. The report gives, per
 layout and check, max |sharded - single|, that over max |single| ("max_rel"), and max of
@@ -120,9 +121,11 @@ def initial_state(algorithm, params, critic_params=None) -> TrainState:
 
 
 def rl_step(name: str, p, params, critic_params=None) -> dict:
-    """`prepare` + one `update` of the trainer's step functions. GRPO: reference pass,
-    pre-update log-probs, and the update on a shuffled half of the rows in 2 micro-batches (as
-    with train.minibatches=2, microbatches=2); PPO without KL: critic pass, all rows at once.
+    """`prepare` + one `update` of the trainer's step functions. GRPO: reference pass and
+    pre-update log-probs, then the update on all rows in order in 2 micro-batches, every pass
+    running each prompt once for its GROUP rows (group_size, as the trainer with
+    train.minibatches=1); PPO without KL: critic pass, then the update on a shuffled half of the
+    rows in 2 micro-batches (as with train.minibatches=2, microbatches=2), prompts per row.
     -> {result: {loss, grads, params, [critic_*]}, state}."""
     grpo = name == "grpo"
     algorithm = make_algorithm(name, **({"beta": 0.04} if grpo else {"kl_coef": 0.0}))
@@ -132,11 +135,13 @@ def rl_step(name: str, p, params, critic_params=None) -> dict:
         optimizer(),
         optimizer() if critic_params is not None else None,
         temperature=1.0,
-        microbatches=2 if grpo else 1,
+        microbatches=2,
         recompute_old_logp=grpo,
         partitioning=p,
+        group_size=GROUP if grpo else 1,
+        grouped_update_rows=grpo,
     )
-    rows = np.random.default_rng(3).permutation(ROWS)[: ROWS // 2] if grpo else np.arange(ROWS)
+    rows = np.arange(ROWS) if grpo else np.random.default_rng(3).permutation(ROWS)[: ROWS // 2]
     state = initial_state(algorithm, params, critic_params)
     batch, state = prepare(state, rollout())
     new, metrics, finite = update(state, batch, rows)

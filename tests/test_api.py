@@ -29,7 +29,7 @@ EXPECTED_API = {
     "rloo_advantages", "sample_from_logits", "save_checkpoint", "score_completions", "sequence_logps",
     "sft", "sft_dataset", "to_hf_config", "token_logprobs", "train", "whiten_advantages",
     "Partitioning", "batch_shardings", "make_mesh", "make_partitioning", "mesh_config", "param_shardings",
-    "state_shardings",
+    "state_shardings", "LoraConfig", "merge_adapters", "distributed_config", "initialize_distributed",
 }  # fmt: skip
 
 

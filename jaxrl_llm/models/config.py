@@ -11,10 +11,57 @@ import jax.numpy as jnp
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 _ARCH_PREFIX = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+# `remat` policies of the decoder blocks (jaxrl_llm/models/transformer.py maps them to jax.checkpoint).
+REMAT_POLICIES = ("none", "full", "dots")
+# Projections a LoRA adapter can attach to (the parameter names in every decoder block).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class UnsupportedModelError(ValueError):
     """Raised when a checkpoint's config.json asks for something this library does not implement."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters (LoRA, Hu et al. 2021, arXiv 2106.09685) on the block projections.
+
+    A targeted projection y = x W (W: [*in, *out]) becomes
+        y = x W + (alpha / rank) * (dropout(x) A) B,   A: [*in, rank], B: [rank, *out],
+    with W frozen, A random (uniform, bound 1/sqrt(fan_in), as PEFT's kaiming_uniform(a=sqrt(5)))
+    and B zero, so the adapted model starts equal to the base. Dropout acts on the adapter's
+    input only, and only when the forward pass is given a 'dropout' rng (training updates).
+
+    Attributes:
+      rank: r, the adapters' inner width (> 0; `model.lora.rank=0` in a training config means off).
+      alpha: scale numerator: the update is multiplied by alpha / rank.
+      dropout: drop probability on the adapter input, in [0, 1).
+      target_modules: names from LORA_TARGETS.
+    """
+
+    rank: int
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = LORA_TARGETS
+
+    def __post_init__(self):
+        if isinstance(self.target_modules, str):
+            object.__setattr__(self, "target_modules", (self.target_modules,))
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if self.rank < 1:
+            raise ValueError(f"model.lora.rank={self.rank} must be positive (0 turns LoRA off in configs).")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.lora.dropout={self.dropout} must be in [0, 1).")
+        unknown = [t for t in self.target_modules if t not in LORA_TARGETS]
+        if unknown or not self.target_modules:
+            raise ValueError(
+                f"model.lora.target_modules={self.target_modules} names {unknown or 'nothing'}; "
+                f"choose from {LORA_TARGETS}."
+            )
+
+    @property
+    def scale(self) -> float:
+        """alpha / rank, the factor of every adapter update."""
+        return self.alpha / self.rank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +92,12 @@ class TransformerConfig:
       param_dtype: parameter dtype name.
       model_type: 'llama', 'qwen2' or 'qwen3': which HF architecture export writes.
       bos_token_id, eos_token_id, pad_token_id: carried over from / to HF config.json.
+      remat: rematerialisation of each decoder block in differentiated passes (REMAT_POLICIES):
+        'none' keeps every activation for the backward pass, 'full' keeps only the block inputs
+        and recomputes the rest, 'dots' also keeps the outputs of the weight matmuls
+        (jax.checkpoint_policies.dots_with_no_batch_dims_saveable) and recomputes attention.
+        Forward-only passes (sampling, scoring) are unaffected.
+      lora: LoraConfig of low-rank adapters, or None (the model has no adapter parameters).
     """
 
     vocab_size: int
@@ -72,6 +125,8 @@ class TransformerConfig:
     bos_token_id: int | None = None
     eos_token_id: tuple[int, ...] | None = None
     pad_token_id: int | None = None
+    remat: str = "none"
+    lora: LoraConfig | None = None
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -95,6 +150,10 @@ class TransformerConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE.")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(
+                f"model.remat={self.remat!r} is not a remat policy; use one of {REMAT_POLICIES}."
+            )
         if isinstance(self.eos_token_id, int):
             object.__setattr__(self, "eos_token_id", (self.eos_token_id,))
         elif self.eos_token_id is not None:

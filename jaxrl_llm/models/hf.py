@@ -19,6 +19,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from jaxrl_llm import lora
 from jaxrl_llm.models.config import TransformerConfig, UnsupportedModelError, from_hf_config, to_hf_config
 from jaxrl_llm.models.transformer import init_params
 
@@ -157,8 +158,9 @@ def load_checkpoint(path: str, head: str | None = None, rng: jax.Array | None = 
         always comes from the checkpoint; a head the checkpoint lacks (the scalar `score` of a
         value or reward model built from a causal LM, as when a critic starts from the SFT
         policy) is freshly initialised from `rng`, and a reward model's `score` seeds a value head.
-      rng: PRNG key for freshly initialised heads (default PRNGKey(0)).
-      **config_overrides: TransformerConfig fields to replace (e.g. dtype='bfloat16').
+      rng: PRNG key for freshly initialised heads and LoRA adapters (default PRNGKey(0)).
+      **config_overrides: TransformerConfig fields to replace (e.g. dtype='bfloat16'; with
+        lora=LoraConfig(...) the checkpoint is the frozen base and fresh adapters are added).
 
     Returns:
       (TransformerConfig, params) with numpy arrays of config.param_dtype.
@@ -207,6 +209,8 @@ def load_checkpoint(path: str, head: str | None = None, rng: jax.Array | None = 
         # A scalar head the checkpoint does not have (e.g. a critic started from the SFT policy).
         rng = jax.random.PRNGKey(0) if rng is None else rng
         params[name] = np.asarray(jax.random.normal(rng, spec.shape) * config.init_std, config.param_dtype)
+    if config.lora is not None:
+        params = lora.add_adapters(config, params, jax.random.PRNGKey(0) if rng is None else rng, head)
     known = {name for name, *_ in stored} | {"lm_head.weight"}
     unexpected = [n for n in loaders if n not in known and not n.endswith(_IGNORED_SUFFIXES)]
     if unexpected:
@@ -224,11 +228,14 @@ def save_checkpoint(
 
     head 'causal_lm' writes `*ForCausalLM`, 'reward' writes `*ForSequenceClassification`
     (num_labels=1). Shards into `model-0000i-of-0000n.safetensors` + index when the weights
-    exceed `max_shard_bytes`.
+    exceed `max_shard_bytes`. With `config.lora`, the adapters are merged into the weights
+    first (W + alpha / r * A B; `jaxrl_llm.lora.merge_adapters`).
     """
     if head not in ("causal_lm", "reward"):
         raise ValueError(f"head={head!r} cannot be exported; use 'causal_lm' or 'reward'.")
     os.makedirs(path, exist_ok=True)
+    if config.lora is not None:
+        params = lora.merge_adapters(config, params)
     params = jax.device_get(params)
     tensors = {
         hf_name: np.ascontiguousarray(to_hf(np.asarray(_get(params, our_path))))

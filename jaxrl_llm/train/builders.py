@@ -6,7 +6,7 @@ import jax
 import optax
 
 from jaxrl_llm.data.tokenizer import Tokenizer, char_tokenizer, load_tokenizer
-from jaxrl_llm.models.config import TransformerConfig
+from jaxrl_llm.models.config import LoraConfig, TransformerConfig
 from jaxrl_llm.models.hf import load_checkpoint
 from jaxrl_llm.models.transformer import init_params
 from jaxrl_llm.rewards import get_reward
@@ -24,16 +24,27 @@ MODEL_SHAPE_FIELDS = (
 )
 
 
+def lora_config(model) -> LoraConfig | None:
+    """`config.model.lora` as a LoraConfig, or None when it is absent or its rank is 0 (off)."""
+    lora = model.get("lora")
+    if lora is None or lora.rank == 0:
+        return None
+    return LoraConfig(**lora.to_dict())
+
+
 def build_model(config) -> tuple[TransformerConfig, dict, Tokenizer]:
     """(model config, params, tokenizer).
 
     `config.model.checkpoint` set: a local Hugging Face directory (config.json, *.safetensors,
     tokenizer.json). Otherwise a randomly initialised model of the shape in `config.model`
     with a character tokenizer over `config.tokenizer.alphabet` (the embedded arithmetic task).
+    `config.model.remat` and `config.model.lora` apply to both; with LoRA the params include
+    fresh adapters (the model still equals the base).
     """
     m = config.model
+    memory = dict(remat=m.get("remat", "none"), lora=lora_config(m))  # sampling configs lack them
     if m.checkpoint:
-        model_config, params = load_checkpoint(m.checkpoint, dtype=m.dtype)
+        model_config, params = load_checkpoint(m.checkpoint, dtype=m.dtype, **memory)
         tokenizer = load_tokenizer(m.checkpoint)
     else:
         tokenizer = char_tokenizer(config.tokenizer.alphabet)
@@ -44,6 +55,7 @@ def build_model(config) -> tuple[TransformerConfig, dict, Tokenizer]:
             eos_token_id=tokenizer.eos_ids,
             pad_token_id=tokenizer.pad_id,
             bos_token_id=tokenizer.bos_id,
+            **memory,
             **shape,
         )
         params = init_params(model_config, jax.random.PRNGKey(config.seed))

@@ -8,6 +8,10 @@ mid-save leaves only the temporary directory, which orbax never lists and delete
 On top of that `latest_step()` only counts step directories holding `commit_success.txt`, so a step
 directory copied half-way (rsync, `cp -r` interrupted) is never restored either.
 
+In a run of several processes (`jaxrl_llm.distributed`) every process calls `save` and `restore`
+with the same arguments: orbax writes each process's shards, process 0 the metadata and the
+commit, on a directory all of them see.
+
 Saves are synchronous by default: on CPU an async save of a ~3 MB state returned after ~5 ms but
 finished after ~25 ms, against ~20 ms for a blocking save, and the background writer competes with
 the training step for the same two cores. Synchronous also means "save() returned" == "checkpoint
@@ -28,6 +32,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 COMMIT_FILE = "commit_success.txt"
 
@@ -107,8 +112,10 @@ class Checkpointer:
             return False
         leftover = self.directory / str(step)
         if leftover.exists():  # an uncommitted copy that restore() ignores; make room for the real one
-            logging.getLogger(__name__).warning("removing uncommitted checkpoint directory %s", leftover)
-            shutil.rmtree(leftover)
+            if jax.process_index() == 0:
+                logging.getLogger(__name__).warning("removing uncommitted checkpoint directory %s", leftover)
+                shutil.rmtree(leftover)
+            multihost_utils.sync_global_devices("jaxrl_llm.checkpoint.leftover")
             self._manager.reload()
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta or {}))

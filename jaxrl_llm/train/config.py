@@ -11,6 +11,8 @@ import inspect
 import ml_collections
 from ml_collections import config_dict
 
+from jaxrl_llm.distributed import distributed_config
+from jaxrl_llm.models.config import LORA_TARGETS
 from jaxrl_llm.sharding import mesh_config
 
 ARITHMETIC_ALPHABET = "0123456789+-*/=# \n"
@@ -62,6 +64,14 @@ def base_config() -> ml_collections.ConfigDict:
             max_position_embeddings=64,
             init_std=0.02,
             tie_embeddings=False,
+            # Memory savers (README "Memory: remat and LoRA"). remat: 'none' | 'full' | 'dots'
+            # (recompute each block's activations in the backward pass; 'dots' keeps matmul outputs).
+            remat="none",
+            # LoRA adapters on a frozen base (rank 0: off, full fine-tuning). The reference of a KL
+            # term is then the base itself, and the optimiser holds state for the adapters only.
+            lora=ml_collections.ConfigDict(
+                dict(rank=0, alpha=16.0, dropout=0.0, target_modules=LORA_TARGETS)
+            ),
         )
     )
     c.tokenizer = ml_collections.ConfigDict(dict(alphabet=ARITHMETIC_ALPHABET))
@@ -139,6 +149,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Device mesh ('data', 'fsdp', 'tensor'; -1 fills the devices left) and the one logical-axis
     # rule table; a one-device mesh runs plain `jax.jit`. See jaxrl_llm/sharding.py.
     c.mesh = mesh_config(data=-1, fsdp=1, tensor=1)
+
+    # Multi-process runs: coordinator_address (host:port of process 0), num_processes, process_id;
+    # unset fields come from JAXRL_COORDINATOR / JAXRL_NUM_PROCESSES / JAXRL_PROCESS_ID, else one
+    # process. The mesh spans every process's devices. See jaxrl_llm/distributed.py.
+    c.distributed = distributed_config()
 
     # Optional supervised warm-start before the main algorithm (steps=0 disables).
     c.sft = ml_collections.ConfigDict(

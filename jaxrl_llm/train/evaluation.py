@@ -8,6 +8,7 @@ import math
 import jax
 import numpy as np
 
+from jaxrl_llm import sharding
 from jaxrl_llm.data import pipeline
 from jaxrl_llm.losses.preference import sequence_logps
 from jaxrl_llm.rewards import score_completions
@@ -93,7 +94,7 @@ class Evaluator:
 
     def _correct(self, sampler, params, batch, rng, g: int) -> np.ndarray:
         out = sampler(params, batch["prompt_ids"], batch["prompt_mask"], rng)
-        ids, mask = np.asarray(out.response_ids), np.asarray(out.response_mask)
+        ids, mask = sharding.to_host((out.response_ids, out.response_mask))  # all rows, every process
         completions, finished = decode_responses(self.tokenizer, ids, mask, self.tokenizer.eos_ids)
         prompts, answers = np.repeat(batch["prompts"], g), np.repeat(batch["answers"], g)
         rewards, _ = score_completions(self.reward_fns, prompts, completions, answers, finished)
@@ -135,10 +136,10 @@ class Evaluator:
         for batch in batches:
             arrays = {k: v for k, v in batch.items() if k.endswith(("_ids", "_mask"))}
             c, r = self._pair_logps(params, arrays)
-            margins.append(np.asarray(c - r))
+            margins.append(sharding.to_host(c - r))
             if ref_params is not None:
                 rc, rr = self._pair_logps(ref_params, arrays)
-                ref_margins.append(np.asarray(rc - rr))
+                ref_margins.append(sharding.to_host(rc - rr))
         margin = np.concatenate(margins)[:n]
         results = {"likelihood_accuracy": float((margin > 0).mean())}
         if ref_params is not None:

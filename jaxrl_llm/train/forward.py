@@ -26,44 +26,85 @@ def policy_outputs(
     response_ids,
     response_mask,
     temperature: float,
+    dropout_rng=None,
+    group_size: int = 1,
 ) -> ModelOutputs:
     """log pi(y_t | x, y_<t) and the entropy of pi(. | x, y_<t) at every response position.
 
     prompt [B, P] left-padded, response [B, T] right-padded -> ModelOutputs(logp [B, T],
     entropy [B, T]), both 0 where response_mask is 0. Only the T response positions go through
     the LM head (never [B, P + T, V]). `temperature` divides the logits as the sampler did.
+    `dropout_rng` turns on LoRA adapter dropout (training updates only).
+
+    group_size: G > 1 when rows b * G .. b * G + G - 1 share one prompt (the layout of the
+    trainer's rollouts; only row b * G's prompt is read). The prompt part of the trunk then runs
+    once per group and the G responses attend to its keys/values (`Transformer.grouped`): the
+    same log-probs and gradients up to float rounding, with (G - 1) / G of the prompt tokens'
+    compute removed. The response's last token feeds no prediction and is not run at all.
     """
     p, t = prompt_ids.shape[1], response_ids.shape[1]
-    tokens, mask = _concat(prompt_ids, prompt_mask, response_ids, response_mask)
+    model = CausalLM(config)
+    if group_size > 1:
+        n = prompt_ids.shape[0]
+        if n % group_size:
+            raise ValueError(f"{n} rows are not groups of group_size={group_size}")
+        prompts = prompt_ids.reshape(n // group_size, group_size, p)[:, 0]
+        prompts_mask = prompt_mask.reshape(n // group_size, group_size, p)[:, 0]
 
-    def forward(module, tokens, mask):
-        hidden, _ = module.trunk(tokens, positions_from_mask(mask), mask)
-        return module.logits(hidden[:, p - 1 : p + t - 1])
+        def grouped(module, prompts, prompts_mask, response_ids, response_mask):
+            if t == 1:  # only the prompt's last position predicts
+                prompt_hidden, _ = module.trunk(prompts, positions_from_mask(prompts_mask), prompts_mask)
+                hidden = jnp.repeat(prompt_hidden[:, -1:], group_size, axis=0)
+            else:
+                prompt_hidden, hidden = module.trunk.grouped(
+                    prompts, prompts_mask, response_ids[:, :-1], response_mask[:, :-1]
+                )
+                last = jnp.repeat(prompt_hidden[:, -1:], group_size, axis=0)  # predicts y_0
+                hidden = jnp.concatenate([last, hidden], axis=1)
+            return module.logits(hidden)
 
-    logits = CausalLM(config).apply({"params": params}, tokens, mask, method=forward)
+        args = (prompts, prompts_mask, response_ids, response_mask)
+        logits = model.apply({"params": params}, *args, method=grouped, rngs=_rngs(dropout_rng))
+    else:
+        tokens, mask = _concat(prompt_ids, prompt_mask, response_ids, response_mask)
+
+        def forward(module, tokens, mask):
+            hidden, _ = module.trunk(tokens, positions_from_mask(mask), mask)
+            return module.logits(hidden[:, p - 1 : p + t - 1])
+
+        logits = model.apply({"params": params}, tokens, mask, method=forward, rngs=_rngs(dropout_rng))
     logp, entropy = logprobs_and_entropy(logits, response_ids, temperature if temperature > 0 else 1.0)
     m = response_mask.astype(jnp.float32)
     return ModelOutputs(logp=logp * m, entropy=entropy * m)
 
 
-def critic_values(config: TransformerConfig, params, prompt_ids, prompt_mask, response_ids, response_mask):
+def critic_values(
+    config: TransformerConfig, params, prompt_ids, prompt_mask, response_ids, response_mask, dropout_rng=None
+):
     """V(x, y_<t) for every response position t: [B, T] (0 where response_mask is 0)."""
     p, t = prompt_ids.shape[1], response_ids.shape[1]
     tokens, mask = _concat(prompt_ids, prompt_mask, response_ids, response_mask)
-    values = ValueModel(config).apply({"params": params}, tokens, mask)[:, p - 1 : p + t - 1]
+    values = ValueModel(config).apply({"params": params}, tokens, mask, rngs=_rngs(dropout_rng))
+    values = values[:, p - 1 : p + t - 1]
     return values * response_mask.astype(jnp.float32)
 
 
-def batch_policy_outputs(config, params, batch, temperature: float) -> ModelOutputs:
-    """`policy_outputs` for a Rollout, or for a PreferenceBatch's chosen rows then rejected
-    rows in one forward ([2B, T])."""
+def _rngs(dropout_rng):
+    return None if dropout_rng is None else {"dropout": dropout_rng}
+
+
+def batch_policy_outputs(
+    config, params, batch, temperature: float, dropout_rng=None, group_size: int = 1
+) -> ModelOutputs:
+    """`policy_outputs` for a Rollout (`group_size` as there), or for a PreferenceBatch's chosen
+    rows then rejected rows in one forward ([2B, T])."""
     if isinstance(batch, PreferenceBatch):
         prompt_ids = jnp.concatenate([batch.prompt_ids, batch.prompt_ids])
         prompt_mask = jnp.concatenate([batch.prompt_mask, batch.prompt_mask])
         response_ids = jnp.concatenate([batch.chosen_ids, batch.rejected_ids])
         response_mask = jnp.concatenate([batch.chosen_mask, batch.rejected_mask])
         return policy_outputs(
-            config, params, prompt_ids, prompt_mask, response_ids, response_mask, temperature
+            config, params, prompt_ids, prompt_mask, response_ids, response_mask, temperature, dropout_rng
         )
     return policy_outputs(
         config,
@@ -73,6 +114,8 @@ def batch_policy_outputs(config, params, batch, temperature: float) -> ModelOutp
         batch.response_ids,
         batch.response_mask,
         temperature,
+        dropout_rng,
+        group_size,
     )
 
 

@@ -55,6 +55,31 @@ def read_metrics(path: str | os.PathLike, phase: str | None = None) -> list[dict
     return [r for r in records if phase is None or r.get("phase") == phase]
 
 
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without torch where torch is not loaded yet.
+
+    tensorboardX imports torch whenever it is installed (for a type alias only), which costs a
+    JAX training process ~170 MB of resident memory; `import torch` is made to fail while
+    tensorboardX loads (it catches the ImportError), unless torch is already in use.
+    """
+    import sys
+
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` raise ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:  # a tensorboardX that needs torch after all: import it normally below
+        SummaryWriter = None
+    finally:
+        del sys.modules["torch"]
+    if SummaryWriter is None:
+        from tensorboardX import SummaryWriter
+    return SummaryWriter
+
+
 class MetricsWriter:
     """Appends scalar metrics to `workdir/metrics.jsonl` and `workdir/tensorboard/`.
 
@@ -71,16 +96,20 @@ class MetricsWriter:
         tensorboard: bool = True,
         resume_step: int | None = None,
         tensorboard_flush_secs: float = 30.0,
+        active: bool = True,
     ):
-        """`resume_step`: the restored checkpoint's step; later lines are dropped. None: fresh or append."""
-        os.makedirs(workdir, exist_ok=True)
+        """`resume_step`: the restored checkpoint's step; later lines are dropped. None: fresh or append.
+
+        `active=False` writes nothing (the processes other than 0 of a multi-process run)."""
         self.path = os.path.join(workdir, METRICS_FILE)
+        self._file = self._tb = None
+        if not active:
+            return
+        os.makedirs(workdir, exist_ok=True)
         self._repair(resume_step)
         self._file = open(self.path, "a")
-        self._tb = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = _summary_writer_class()
             purge_step = None if resume_step is None else resume_step + 1
             self._tb = SummaryWriter(
                 os.path.join(workdir, "tensorboard"), purge_step=purge_step, flush_secs=tensorboard_flush_secs
@@ -105,6 +134,8 @@ class MetricsWriter:
 
     def truncate_after(self, step: int) -> None:
         """Drops lines with step > `step` (all phases); same as opening with `resume_step=step`."""
+        if self._file is None:
+            return
         self._file.close()
         self._repair(step)
         self._file = open(self.path, "a")
@@ -115,6 +146,8 @@ class MetricsWriter:
             raise ValueError("metric names 'step' and 'phase' are reserved")
         step = int(step)
         scalars = {key: _to_json_scalar(key, value) for key, value in metrics.items()}
+        if self._file is None:
+            return
         self._file.write(json.dumps({"step": step, "phase": phase, **scalars}) + "\n")
         self._file.flush()
         if self._tb is not None:
@@ -122,12 +155,13 @@ class MetricsWriter:
                 self._tb.add_scalar(f"{phase}/{key}", float("nan") if value is None else float(value), step)
 
     def flush(self) -> None:
-        self._file.flush()
+        if self._file is not None:
+            self._file.flush()
         if self._tb is not None:
             self._tb.flush()
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self._file.close()
         if self._tb is not None:
             self._tb.close()

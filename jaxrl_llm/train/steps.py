@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrl_llm import sharding
+from jaxrl_llm import lora, sharding
 from jaxrl_llm.algorithms.common import token_mean
 from jaxrl_llm.models.config import TransformerConfig
+from jaxrl_llm.models.transformer import remat_compiler_options
 from jaxrl_llm.train.forward import batch_policy_outputs, critic_values, loss_mask
 from jaxrl_llm.types import Algorithm, ModelOutputs, PreferenceBatch, Rollout
 
@@ -34,10 +35,18 @@ class TrainState(NamedTuple):
     critic_opt_state: Any = None
 
 
+def reference_params(state: TrainState, model_config: TransformerConfig):
+    """The reference policy's params: under LoRA the frozen base (the adapters dropped, sharing
+    the policy's arrays: no copy), otherwise `state.ref_params` (None without a reference pass)."""
+    if model_config.lora is not None:
+        return lora.base_params(state.params)
+    return state.ref_params
+
+
 def state_shardings(state: TrainState, model_config: TransformerConfig, partitioning: sharding.Partitioning):
     """NamedShardings of every leaf of `state` (concrete or abstract): the policy, the reference
-    and the critic by their heads' logical axes, optimiser states like their parameters where
-    param-shaped, step, RNG and algorithm state replicated."""
+    and the critic by their heads' logical axes, optimiser states like their (trainable)
+    parameters where param-shaped, step, RNG and algorithm state replicated."""
     p = partitioning
 
     def model(params, head):
@@ -46,7 +55,8 @@ def state_shardings(state: TrainState, model_config: TransformerConfig, partitio
     def optimizer(opt_state, params, head):
         if opt_state is None:
             return None
-        return sharding.optimizer_shardings(opt_state, params, model_config, p, head)
+        trainable, _ = lora.split_trainable(model_config, params)
+        return sharding.optimizer_shardings(opt_state, trainable, model_config, p, head)
 
     return TrainState(
         step=sharding.replicated(state.step, p),
@@ -88,6 +98,11 @@ def _split(batch, num: int):
     )
 
 
+def _shared(batch, group_size: int) -> int:
+    """`group_size` where `batch`'s rows form whole groups, else 1 (every row runs its prompt)."""
+    return group_size if group_size > 1 and batch.prompt_ids.shape[0] % group_size == 0 else 1
+
+
 def _all_finite(tree) -> jax.Array:
     leaves = jax.tree.leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.asarray(True)
@@ -103,26 +118,45 @@ def make_step_fns(
     microbatches: int,
     recompute_old_logp: bool,
     partitioning: sharding.Partitioning | None = None,
+    group_size: int = 1,
+    grouped_update_rows: bool = False,
+    donate_prepare: bool = False,
 ):
     """Returns (prepare, update), both jitted; see the module docstring.
 
     With a `partitioning` (a mesh of more than one device) both take explicit in/out shardings:
     the state by `state_shardings`, batches on their leading axis, metrics replicated.
+    `group_size`: G when rows b * G .. b * G + G - 1 of every Rollout share one prompt (the
+    trainer's rollouts): the policy passes of `prepare` then run each prompt once
+    (`policy_outputs`' group_size), and so does `update` when `grouped_update_rows` promises that
+    its `rows` keep whole groups in order (the trainer's single mini-batch: rows = arange), each
+    micro-batch holds whole groups and there is no adapter dropout (which would draw one mask
+    per prompt instead of one per row).
+    `update` donates the state it is given. `prepare` does with `donate_prepare` (the trainer):
+    its returned state then aliases the input's buffers; without, XLA copies the whole state
+    (params, optimiser state, reference) into new buffers, which also leaves the caller's arrays
+    valid after the next `update`.
+    Under LoRA (`model_config.lora`) gradients and optimiser states cover only the trainable
+    half of the params (`lora.split_trainable`), and the reference is the base model; with
+    adapter dropout, `update` draws the dropout key from `state.rng` (and advances it).
     """
     has_critic = algorithm.value_objective is not None
     passes = algorithm.passes
+    uses_dropout = model_config.lora is not None and model_config.lora.dropout > 0
 
-    def outputs_of(params, batch) -> ModelOutputs:
-        return batch_policy_outputs(model_config, params, batch, temperature)
+    def outputs_of(params, batch, dropout_rng=None, grouped: bool = True) -> ModelOutputs:
+        g = _shared(batch, group_size) if grouped and isinstance(batch, Rollout) else 1
+        return batch_policy_outputs(model_config, params, batch, temperature, dropout_rng, g)
 
-    def values_of(params, batch):
+    def values_of(params, batch, dropout_rng=None):
+        b = batch
         return critic_values(
-            model_config, params, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
+            model_config, params, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, dropout_rng
         )
 
     def prepare(state: TrainState, batch):
         if "reference" in passes:
-            ref = outputs_of(state.ref_params, batch).logp
+            ref = outputs_of(reference_params(state, model_config), batch).logp
             if isinstance(batch, PreferenceBatch):
                 b = batch.chosen_ids.shape[0]
                 batch = batch._replace(ref_chosen_logps=ref[:b], ref_rejected_logps=ref[b:])
@@ -136,60 +170,84 @@ def make_step_fns(
         batch, algo_state = algorithm.transform.update(batch, state.algo_state)
         return batch, state._replace(algo_state=algo_state)
 
-    def policy_loss(params, batch, algo_state):
-        outputs = outputs_of(params, batch)
+    def policy_loss(trainable, frozen, batch, algo_state, dropout_rng):
+        grouped = grouped_update_rows and not uses_dropout
+        outputs = outputs_of(lora.join(trainable, frozen), batch, dropout_rng, grouped)
         loss, metrics = algorithm.objective(outputs, batch, algo_state)
         metrics = {**metrics, "entropy": token_mean(outputs.entropy, loss_mask(batch), batch)}
         return loss, metrics
 
-    def critic_loss(params, batch, algo_state):
-        return algorithm.value_objective(ModelOutputs(values=values_of(params, batch)), batch, algo_state)
+    def critic_loss(trainable, frozen, batch, algo_state, dropout_rng):
+        values = values_of(lora.join(trainable, frozen), batch, dropout_rng)
+        return algorithm.value_objective(ModelOutputs(values=values), batch, algo_state)
 
-    def grads(state: TrainState, batch):
+    def grads(state: TrainState, batch, dropout_rng):
+        """Gradients with respect to the trainable halves of the policy and critic params."""
+        policy_rng, critic_rng = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
         (loss, metrics), g = jax.value_and_grad(policy_loss, has_aux=True)(
-            state.params, batch, state.algo_state
+            *lora.split_trainable(model_config, state.params), batch, state.algo_state, policy_rng
         )
         metrics = {**metrics, "loss": loss}
         critic_g = None
         if has_critic:
             (vloss, vmetrics), critic_g = jax.value_and_grad(critic_loss, has_aux=True)(
-                state.critic_params, batch, state.algo_state
+                *lora.split_trainable(model_config, state.critic_params), batch, state.algo_state, critic_rng
             )
             metrics = {**metrics, **vmetrics, "critic_loss": vloss}
         return (g, critic_g), metrics
 
+    def apply_gradients(opt, grads, opt_state, params):
+        """(params with the update applied to their trainable half, new optimiser state)."""
+        trainable, frozen = lora.split_trainable(model_config, params)
+        updates, opt_state = opt.update(grads, opt_state, trainable)
+        return lora.join(optax.apply_updates(trainable, updates), frozen), opt_state
+
     def update(state: TrainState, batch, rows):
         batch = with_normalisers(_rows(batch, rows))
+        dropout_rng = None
+        if uses_dropout:
+            rng, dropout_rng = jax.random.split(state.rng)
+            state = state._replace(rng=rng)
         if microbatches == 1:
-            (g, critic_g), metrics = grads(state, batch)
+            (g, critic_g), metrics = grads(state, batch, dropout_rng)
         else:
 
             def accumulate(total, micro):
-                new, metrics = grads(state, micro)
+                micro_batch, index = micro
+                rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
+                new, metrics = grads(state, micro_batch, rng)
                 return jax.tree.map(jnp.add, total, (new, metrics)), None
 
-            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grads, state, _rows(batch, slice(0, 1))))
-            ((g, critic_g), metrics), _ = jax.lax.scan(accumulate, zeros, _split(batch, microbatches))
+            shapes = jax.eval_shape(grads, state, _rows(batch, slice(0, 1)), dropout_rng)
+            zeros = jax.tree.map(jnp.zeros_like, shapes)
+            micros = (_split(batch, microbatches), jnp.arange(microbatches))
+            ((g, critic_g), metrics), _ = jax.lax.scan(accumulate, zeros, micros)
         finite = _all_finite((metrics["loss"], g, critic_g, metrics.get("critic_loss", 0.0)))
         metrics = {**metrics, "grad_norm": optax.global_norm(g)}
-
-        updates, opt_state = optimizer.update(g, state.opt_state, state.params)
-        new = state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state)
         if has_critic:
-            critic_updates, critic_opt = critic_optimizer.update(
-                critic_g, state.critic_opt_state, state.critic_params
-            )
-            new = new._replace(
-                critic_params=optax.apply_updates(state.critic_params, critic_updates),
-                critic_opt_state=critic_opt,
-            )
             metrics["critic_grad_norm"] = optax.global_norm(critic_g)
-        # A non-finite step changes nothing; the host stops or skips as configured.
-        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+
+        def apply(operand):
+            state, g, critic_g = operand
+            params, opt_state = apply_gradients(optimizer, g, state.opt_state, state.params)
+            new = state._replace(params=params, opt_state=opt_state)
+            if has_critic:
+                critic_params, critic_opt = apply_gradients(
+                    critic_optimizer, critic_g, state.critic_opt_state, state.critic_params
+                )
+                new = new._replace(critic_params=critic_params, critic_opt_state=critic_opt)
+            return new
+
+        # A non-finite step changes nothing; the host stops or skips as configured. A cond, not
+        # a select between the new and the old state: the optimiser then updates the donated
+        # buffers in place (a select kept both states alive and copied them every step).
+        new = jax.lax.cond(finite, apply, lambda operand: operand[0], (state, g, critic_g))
         return new, metrics, finite
 
+    options = remat_compiler_options(model_config)  # `update` differentiates: remat applies
     if partitioning is None:
-        return jax.jit(prepare), jax.jit(update, donate_argnums=0)
+        prepare_jit = jax.jit(prepare, donate_argnums=0 if donate_prepare else ())
+        return prepare_jit, jax.jit(update, donate_argnums=0, compiler_options=options)
     p = partitioning
 
     def state_of(state):
@@ -200,6 +258,7 @@ def make_step_fns(
         p,
         in_shardings=lambda state, batch: (state_of(state), sharding.batch_shardings(batch, p)),
         out_shardings=lambda out: (sharding.batch_shardings(out[0], p), state_of(out[1])),
+        donate_argnums=0 if donate_prepare else (),
     )
     update_sharded = sharding.ShardedJit(
         update,
@@ -211,5 +270,6 @@ def make_step_fns(
         ),
         out_shardings=lambda out: (state_of(out[0]), *sharding.replicated(out[1:], p)),
         donate_argnums=0,
+        compiler_options=options,
     )
     return prepare_sharded, update_sharded

@@ -7,6 +7,11 @@ algorithm asks for + its transform (`prepare`, jitted) -> epochs x mini-batches 
 sampling. Metrics go to `workdir/metrics.jsonl` and TensorBoard; orbax checkpoints to
 `workdir/checkpoints/<phase>` every `train.checkpoint_every` steps and on SIGTERM; rerunning the
 same command resumes the same trajectory (data position and RNG are functions of the step).
+
+Multi-process runs (`jaxrl_llm.distributed`) execute this same loop in every process: each builds
+the whole batch of the step and places its devices' rows, gathers the whole rollout to score it
+(identical rewards everywhere), saves and restores checkpoints together with the others, and
+stops at the same step when any process got a signal; only process 0 writes files.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxrl_llm import sharding
+from jaxrl_llm import distributed, lora, sharding
 from jaxrl_llm.algorithms import make_algorithm
 from jaxrl_llm.data import pipeline
 from jaxrl_llm.data.sources import make_source
@@ -35,7 +40,7 @@ from jaxrl_llm.train.checkpoint import Checkpointer, save_on_sigterm
 from jaxrl_llm.train.evaluation import Evaluator, decode_responses
 from jaxrl_llm.train.metrics import MetricsWriter
 from jaxrl_llm.train.plots import plot_curves
-from jaxrl_llm.train.steps import TrainState, make_step_fns, state_shardings
+from jaxrl_llm.train.steps import TrainState, make_step_fns, reference_params, state_shardings
 from jaxrl_llm.transforms.base import InjectState
 from jaxrl_llm.types import Algorithm, PreferenceBatch, Rollout
 
@@ -138,10 +143,15 @@ class Trainer:
         self.algorithm = make_algorithm(config.algo.name, **algo_kwargs)
         validate_config(config, self.algorithm)
         self.model_config, self.init_params, self.tokenizer = builders.build_model(config)
-        self.tokenizer.save(os.path.join(workdir, "tokenizer"))
+        self.is_primary = distributed.is_primary()  # the process that writes files
+        if self.is_primary:
+            self.tokenizer.save(os.path.join(workdir, "tokenizer"))
         self.reward_fns = builders.reward_functions(config.rewards)
         self.eval_reward = builders.reward_functions({config.eval.reward: 1.0})
-        self.sources = {split: make_source(config.data, split) for split in config.data.splits}
+        # One process at a time: concurrent first-use preparation of a TFDS dataset races.
+        self.sources = distributed.primary_first(
+            lambda: {split: make_source(config.data, split) for split in config.data.splits}
+        )
         self._check_config_snapshot()
         s = config.sampling
         self.sampling = SamplingConfig(
@@ -188,8 +198,10 @@ class Trainer:
                     f"workdir {self.workdir!r} holds a run with a different config (fields: "
                     f"{', '.join(changed[:10])}); use a new --workdir, or delete the old one to start over"
                 )
-        with open(path, "w") as f:
-            json.dump(current, f, indent=2, sort_keys=True)
+        if self.is_primary:  # atomically: the other processes may be reading it
+            with open(path + ".tmp", "w") as f:
+                json.dump(current, f, indent=2, sort_keys=True)
+            os.replace(path + ".tmp", path)
 
     def _datasets(self, phase: Phase, seed: int):
         d = self.config.data
@@ -224,25 +236,36 @@ class Trainer:
 
     def _initial_state(self, phase: Phase, params, step: int) -> TrainState:
         algo = phase.algorithm
+        use_lora = self.model_config.lora is not None
+        if use_lora and phase is not self.phases[0]:
+            # The previous phase's adapters join the frozen base, which is this phase's reference.
+            params = lora.merge_adapters(self.model_config, params, keep_adapters=True)
+
+        def optimizer_state(optimizer, params):  # for the trainable half only under LoRA
+            return optimizer.init(lora.split_trainable(self.model_config, params)[0])
+
         critic_params = critic_opt = None
         if algo.value_objective is not None:
             critic_params = _critic_from_policy(self.model_config, params, self.config.seed)
-            critic_opt = phase.critic_optimizer.init(critic_params)
+            critic_opt = optimizer_state(phase.critic_optimizer, critic_params)
         state = TrainState(
             step=jnp.asarray(step, jnp.int32),
             params=params,
-            opt_state=phase.optimizer.init(params),
+            opt_state=optimizer_state(phase.optimizer, params),
             algo_state=algo.transform.init(),
             rng=jax.random.PRNGKey(self.config.seed),
             # A copy: `update` donates the state's buffers, and params must not alias the reference.
-            ref_params=jax.tree.map(jnp.copy, params) if "reference" in algo.passes else None,
+            # Under LoRA the reference is the frozen base inside `params` (steps.reference_params).
+            ref_params=jax.tree.map(jnp.copy, params)
+            if "reference" in algo.passes and not use_lora
+            else None,
             critic_params=critic_params,
             critic_opt_state=critic_opt,
         )
         if self.partitioning is None:
             return state
         # Placed once; also the template checkpoints are restored into (sharded the same way).
-        return jax.device_put(state, state_shardings(state, self.model_config, self.partitioning))
+        return sharding.to_global(state, state_shardings(state, self.model_config, self.partitioning))
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -265,6 +288,8 @@ class Trainer:
         return os.path.join(self.workdir, "summary.json")
 
     def _save_summary(self) -> None:
+        if not self.is_primary:
+            return
         with open(self._summary_path, "w") as f:
             json.dump(self.summary, f, indent=2)
 
@@ -288,7 +313,7 @@ class Trainer:
                 return state.params, int(state.step)
             global_step = int(state.step)
             print(f"[{phase.name}] resuming from the checkpoint at step {global_step}")
-        self.writer = MetricsWriter(self.workdir, resume_step=global_step)
+        self.writer = MetricsWriter(self.workdir, resume_step=global_step, active=self.is_primary)
         if latest is None:
             self._evaluate(phase, state, global_step, tag="before")
         dataset = self._datasets(phase, cfg.seed + (1 if phase.name == "main" else 0))
@@ -301,13 +326,21 @@ class Trainer:
             microbatches=cfg.train.microbatches,
             recompute_old_logp=phase.epochs * phase.minibatches > 1,
             partitioning=self.partitioning,
+            # Rollout rows b * G + g share prompt b: the passes run each prompt once; the update
+            # too when its one mini-batch is every row in order.
+            group_size=self.sampling.num_samples if phase.algorithm.data == "rollout" else 1,
+            grouped_update_rows=phase.minibatches == 1,
+            donate_prepare=True,  # no copy of the state per step (the first one consumes init_params)
         )
         self.step_fns[phase.name] = (prepare, update)
         end = start + phase.steps
         meta = {"phase": phase.name, "phase_start": start}
         stop = False
         with tqdm(
-            total=phase.steps, initial=global_step - start, desc=phase.name, disable=not cfg.progress
+            total=phase.steps,
+            initial=global_step - start,
+            desc=phase.name,
+            disable=not (cfg.progress and self.is_primary),
         ) as bar:
             while global_step < end and not stop:
                 t0 = time.perf_counter()
@@ -322,7 +355,7 @@ class Trainer:
                     results = self._evaluate(phase, state, global_step)
                     if phase.stop_metric and results[phase.stop_metric[0]] >= phase.stop_metric[1]:
                         stop = True
-                if signals.requested():
+                if distributed.any_process(signals.requested()):
                     ckpt.save(global_step, state, meta, force=True)
                     ckpt.wait()
                     self.writer.close()
@@ -400,7 +433,8 @@ class Trainer:
         g = self.sampling.num_samples
         rng = jax.random.fold_in(jax.random.fold_in(state.rng, int(state.step)), 0)
         out = self.sampler(state.params, batch_np["prompt_ids"], batch_np["prompt_mask"], rng)
-        ids, mask = np.asarray(out.response_ids), np.asarray(out.response_mask)
+        # Every process scores the whole rollout: the same rewards as one process would give.
+        ids, mask = sharding.to_host((out.response_ids, out.response_mask))
         sample_time = time.perf_counter() - t0
         t1 = time.perf_counter()
         completions, finished = decode_responses(self.tokenizer, ids, mask, self.sampling.stop_ids)
@@ -422,13 +456,13 @@ class Trainer:
             "generation_tokens_per_s": float(lengths.sum() / max(sample_time, 1e-9)),
         }
         rollout = Rollout(
-            prompt_ids=jnp.repeat(batch_np["prompt_ids"], g, axis=0),
-            prompt_mask=jnp.repeat(batch_np["prompt_mask"], g, axis=0),
+            prompt_ids=np.repeat(batch_np["prompt_ids"], g, axis=0),
+            prompt_mask=np.repeat(batch_np["prompt_mask"], g, axis=0),
             response_ids=out.response_ids,
             response_mask=out.response_mask,
             group_ids=out.group_ids,
             logp_behav=out.logprobs,
-            rewards=jnp.asarray(rewards, jnp.float32),
+            rewards=np.asarray(rewards, np.float32),
         )
         return rollout, metrics
 
@@ -441,7 +475,8 @@ class Trainer:
             return {}
         split = phase.eval_split if tag is None else self.config.eval.split
         sampled = tag is not None or phase.name != "sft"
-        results = self.evaluator(state.params, split, state.ref_params, phase.algorithm, sampled=sampled)
+        ref_params = reference_params(state, self.model_config)
+        results = self.evaluator(state.params, split, ref_params, phase.algorithm, sampled=sampled)
         self.writer.write(step, {f"{split}/{k}": v for k, v in results.items()}, phase="eval")
         if tag is not None:
             self._last_tagged = step
@@ -452,6 +487,8 @@ class Trainer:
         return results
 
     def _plot(self) -> None:
+        if not self.is_primary:
+            return
         e = self.config.eval
         panels = [
             ("SFT warm-start loss", [("sft", "nll")]),
@@ -476,8 +513,17 @@ class Trainer:
 
 
 _BAR_KEYS = ("reward_mean", "nll", "kl", "entropy")
-# Config fields a resumed run may change (extend a run, silence the progress bar, another mesh).
-_RESUMABLE_CHANGES = ("train.steps", "progress", "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules")
+# Config fields a resumed run may change (extend a run, silence the progress bar, another mesh
+# or number of processes; process ids differ between the processes of one run).
+_RESUMABLE_CHANGES = (
+    "train.steps",
+    "progress",
+    "mesh.data",
+    "mesh.fsdp",
+    "mesh.tensor",
+    "mesh.rules",
+    *(f"distributed.{field}" for field in distributed.ENV_VARS),
+)
 
 
 def _critic_from_policy(model_config, policy_params, seed: int):
