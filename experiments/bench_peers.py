@@ -39,7 +39,9 @@ over the steps after the warm-up).
 
 Remaining differences between the frameworks (not removable without changing a framework):
   * Group sampling: ours prefills each prompt once and shares its KV cache across the G samples;
-    TRL (HF generate) and Tunix repeat every prompt G times and prefill each copy.
+    TRL (HF generate) and Tunix repeat every prompt G times and prefill each copy. Likewise ours
+    runs each prompt's tokens through the trunk once per group in its reference pass and update
+    (the G responses attend to the shared prompt keys/values); TRL and Tunix run all G copies.
   * Execution: ours is one jitted sampler (prefill + while-loop decode) and two jitted step
     functions (reference pass + advantages, update); Tunix jits prefill, decode, the log-prob
     passes and the train step separately; TRL runs eager PyTorch (HF generate with a dynamic KV
