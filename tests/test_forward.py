@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_llm.models.transformer import _head_matmul, init_params
+from jaxrl_llm.models.transformer import _head_matmul, _swiglu, init_params
 from jaxrl_llm.train.forward import policy_outputs
 
 PROMPTS, GROUP, PROMPT_LEN, RESPONSE_LEN = 3, 4, 7, 6
@@ -103,3 +103,21 @@ def test_head_matmul_gradient_is_the_einsum_gradient(shape):
     np.testing.assert_allclose(_head_matmul(hidden, head), hidden @ head, rtol=1e-6, atol=1e-6)
     for a, b in zip(custom, plain, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_swiglu_gradient_is_the_autodiff_gradient():
+    rng = np.random.default_rng(1)
+    gate_up = jnp.asarray(rng.normal(scale=3.0, size=(3, 5, 2 * 24)), jnp.float32)
+    cotangent = jnp.asarray(rng.normal(size=(3, 5, 24)), jnp.float32)
+
+    def plain(x):
+        gate, up = x[..., :24], x[..., 24:]
+        return jax.nn.silu(gate) * up
+
+    def loss(fn):
+        return lambda x: jnp.sum(jnp.tanh(fn(x)) * cotangent)
+
+    np.testing.assert_allclose(_swiglu(gate_up), plain(gate_up), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        jax.jit(jax.grad(loss(_swiglu)))(gate_up), jax.grad(loss(plain))(gate_up), rtol=1e-5, atol=1e-5
+    )

@@ -9,8 +9,9 @@ Three attention paths share the same weights:
   * full causal self-attention over a padded [B, S] batch (training, scoring, prefill);
   * cached decoding against a `KVCache` whose prompt part is stored once per prompt and
     shared by the G samples of that prompt (group sampling never copies the prompt cache);
-  * grouped teacher forcing (`Transformer.grouped`, the trainer's passes): G responses per
-    prompt attend to that prompt's keys/values, computed once per prompt, differentiably.
+  * grouped teacher forcing (`Transformer.grouped`, the trainer's passes): each prompt and its
+    G responses packed in one row; token-wise layers run once over the packed row, and the G
+    responses attend to the prompt's keys/values, computed once per prompt, differentiably.
 """
 
 from __future__ import annotations
@@ -184,6 +185,20 @@ def _cached_attention(q, k, v, prefix_k, prefix_v, prefix_mask, cache_k, cache_v
     return _softmax_attention(scores, mask, values_fn), (cache_k, cache_v)
 
 
+def _causal_attention(q, k, v, mask):
+    """Causal self-attention of a padded batch. q: [N, S, H, Dh] (already scaled), k, v:
+    [N, S, K, Dh], mask: [N, S] (real tokens). Returns [N, S, K, R, Dh]."""
+    n, s, h, dh = q.shape
+    kh = k.shape[2]
+    qh = q.reshape(n, s, kh, h // kh, dh)
+    causal = jnp.tril(jnp.ones((s, s), bool))
+    full_mask = causal[None, None, None] & mask.astype(bool)[:, None, None, None, :]
+    scores = jnp.einsum("nskrd,ntkd->nkrst", qh, k)
+    return _softmax_attention(
+        scores, full_mask, lambda p: jnp.einsum("nkrst,ntkd->nskrd", p.astype(q.dtype), v)
+    )
+
+
 def _prefix_attention(q, k, v, mask, prefix_k, prefix_v, prefix_mask):
     """Causal attention of N = B * G rows of S tokens that continue B shared prompts.
 
@@ -244,6 +259,34 @@ _head_matmul.defvjp(_head_matmul_fwd, _head_matmul_bwd)
 # ---------------------------------------------------------------------------------------------
 
 
+@jax.custom_vjp
+def _swiglu(gate_up: Array) -> Array:
+    """[..., 2F] = [x W_gate | x W_up] -> silu(x W_gate) * (x W_up), [..., F].
+
+    Differentiated by hand: the forward keeps only its input and the backward recomputes the
+    sigmoid, writing [dgate | dup] as one array. Left to autodiff, the training forward stored
+    sigmoid and silu as extra [tokens, F] arrays (three elementwise passes instead of one) and
+    the backward padded and added the two halves' gradients.
+    With s = sigmoid(g): d/dg silu(g) u = u s (1 + g (1 - s)), d/du = silu(g).
+    """
+    gate, up = jnp.split(gate_up, 2, axis=-1)
+    return jax.nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate_up):
+    return _swiglu(gate_up), gate_up
+
+
+def _swiglu_bwd(gate_up, d_hidden):
+    gate, up = jnp.split(gate_up, 2, axis=-1)
+    sig = jax.nn.sigmoid(gate)
+    d_gate = d_hidden * up * sig * (1 + gate * (1 - sig))
+    return (jnp.concatenate([d_gate, d_hidden * gate * sig], axis=-1),)
+
+
+_swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 def _param(module: nn.Module, name: str, shape, axes, config: TransformerConfig, init=None):
     init = init or nn.initializers.normal(stddev=config.init_std)
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(config.param_dtype))
@@ -252,6 +295,14 @@ def _param(module: nn.Module, name: str, shape, axes, config: TransformerConfig,
 def lora_param_names(target: str) -> tuple[str, str]:
     """Names of the (A, B) adapter parameters of projection `target`, stored beside it."""
     return f"{target}_lora_a", f"{target}_lora_b"
+
+
+def _has_adapter(module: nn.Module, target: str) -> bool:
+    """Whether projection `target` of `module` applies a LoRA adapter (see `_adapted`)."""
+    lora: LoraConfig | None = module.config.lora
+    if lora is None or target not in lora.target_modules:
+        return False
+    return module.is_initializing() or module.has_variable("params", lora_param_names(target)[0])
 
 
 def _adapted(module: nn.Module, target: str, x: Array, y: Array, inputs, outputs) -> Array:
@@ -263,13 +314,11 @@ def _adapted(module: nn.Module, target: str, x: Array, y: Array, inputs, outputs
     the params tree are disabled: `jaxrl_llm.lora.base_params(params)` is the frozen base model
     (the reference policy) without a copy of its weights. Dropout needs a 'dropout' rng.
     """
+    if not _has_adapter(module, target):
+        return y
     cfg = module.config
-    lora: LoraConfig | None = cfg.lora
-    if lora is None or target not in lora.target_modules:
-        return y
+    lora: LoraConfig = cfg.lora
     a_name, b_name = lora_param_names(target)
-    if not module.is_initializing() and not module.has_variable("params", a_name):
-        return y
     (in_shape, in_axes), (out_shape, out_axes) = inputs, outputs
     # Uniform with bound 1/sqrt(fan_in): PEFT's kaiming_uniform(a=sqrt(5)) for A.
     fan_in = tuple(range(len(in_shape)))
@@ -305,7 +354,7 @@ class Attention(nn.Module):
     config: TransformerConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache: tuple | None = None, prefix: tuple | None = None):
+    def __call__(self, x, positions, mask, cache: tuple | None = None):
         """x: [N, S, D]; positions: [N, S].
 
         Without cache: full causal attention, mask [N, S] marks real tokens; returns
@@ -313,10 +362,11 @@ class Attention(nn.Module):
         With cache = (prefix_k, prefix_v, prefix_mask, k, v, index) of one layer (see KVCache)
         and N = B * G: writes the S new keys/values at `index` and attends to the shared prompt
         plus the generated tokens so far; returns (out, (k, v)) with the updated generated part.
-        With prefix = (k, v, mask) of B prompts ([B, P, K, Dh] twice and [B, P], as the
-        cacheless call returns them) and N = B * G: causal attention of each row over its
-        prompt (row n continues prompt n // G) and its own tokens (mask [N, S]); differentiable
-        (training passes). Returns (out, (k, v)) of the row's own tokens.
+        Packed (training passes, `Transformer.grouped`): mask = (prompt_mask [B, P],
+        mask [B * G, S]) and x: [B, P + G * S, D], each row prompt b's P tokens followed by its
+        G continuations of S tokens. Causal attention over the prompt, and of each continuation
+        over its prompt and its own earlier tokens (row b * G + g continues prompt b);
+        differentiable. Returns (out [B, P + G * S, D], None).
         """
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
@@ -327,7 +377,6 @@ class Attention(nn.Module):
         wo = _param(self, "o_proj", (h, dh, d), ("heads", "head_dim", "embed"), cfg)
         x = x.astype(dtype)
         n, s = x.shape[:2]
-        r = h // kh
         # One 2-D matmul against [wq | wk | wv]: fewer, larger dots; inside the sampler's decode
         # loop XLA hoists the (loop-invariant) concatenation out of the loop.
         wqkv = jnp.concatenate([w.astype(dtype).reshape(d, -1) for w in (wq, wk, wv)], axis=1)
@@ -349,17 +398,16 @@ class Attention(nn.Module):
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         q = q * jnp.asarray(1.0 / math.sqrt(dh), dtype)
 
-        if prefix is not None:
-            out, new_kv = _prefix_attention(q, k, v, mask, *prefix), (k, v)
+        if isinstance(mask, tuple):
+            prompt_mask, own_mask = mask
+            p_len, (rows, steps) = prompt_mask.shape[1], own_mask.shape
+            (qp, qr), (kp, kr), (vp, vr) = (jnp.split(a, [p_len], axis=1) for a in (q, k, v))
+            out_p = _causal_attention(qp, kp, vp, prompt_mask).reshape(n, p_len, h * dh)
+            qr, kr, vr = (a.reshape(rows, steps, *a.shape[2:]) for a in (qr, kr, vr))
+            out_r = _prefix_attention(qr, kr, vr, own_mask, kp, vp, prompt_mask)
+            out, new_kv = jnp.concatenate([out_p, out_r.reshape(n, s - p_len, h * dh)], axis=1), None
         elif cache is None:
-            qh = q.reshape(n, s, kh, r, dh)
-            causal = jnp.tril(jnp.ones((s, s), bool))
-            full_mask = causal[None, None, None] & mask.astype(bool)[:, None, None, None, :]
-            scores = jnp.einsum("nskrd,ntkd->nkrst", qh, k)
-            out = _softmax_attention(
-                scores, full_mask, lambda p: jnp.einsum("nkrst,ntkd->nskrd", p.astype(dtype), v)
-            )
-            new_kv = (k, v)
+            out, new_kv = _causal_attention(q, k, v, mask), (k, v)
         else:
             out, new_kv = _cached_attention(q, k, v, *cache)
         out = out.reshape(n, s, h * dh)
@@ -380,13 +428,14 @@ class MLP(nn.Module):
         up = _param(self, "up_proj", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), cfg)
         down = _param(self, "down_proj", (cfg.mlp_dim, cfg.d_model), ("mlp", "embed"), cfg)
         x = x.astype(dtype)
-        gate_up = x @ jnp.concatenate(
-            [gate.astype(dtype), up.astype(dtype)], axis=1
-        )  # one dot, see Attention
+        gate_up = x @ jnp.concatenate([gate.astype(dtype), up.astype(dtype)], axis=1)  # see Attention
         embed, mlp = ((cfg.d_model,), ("embed",)), ((cfg.mlp_dim,), ("mlp",))
-        gate_x = _adapted(self, "gate_proj", x, gate_up[..., : cfg.mlp_dim], embed, mlp)
-        up_x = _adapted(self, "up_proj", x, gate_up[..., cfg.mlp_dim :], embed, mlp)
-        hidden = jax.nn.silu(gate_x) * up_x
+        if _has_adapter(self, "gate_proj") or _has_adapter(self, "up_proj"):
+            gate_x, up_x = jnp.split(gate_up, 2, axis=-1)
+            gate_x = _adapted(self, "gate_proj", x, gate_x, embed, mlp)
+            up_x = _adapted(self, "up_proj", x, up_x, embed, mlp)
+            gate_up = jnp.concatenate([gate_x, up_x], axis=-1)
+        hidden = _swiglu(gate_up)
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
         return _adapted(self, "down_proj", hidden, hidden @ down.astype(dtype), mlp, embed)
 
@@ -397,10 +446,10 @@ class Block(nn.Module):
     config: TransformerConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache=None, prefix=None):
+    def __call__(self, x, positions, mask, cache=None):
         cfg = self.config
         attn_out, kv = Attention(cfg, name="attn")(
-            RMSNorm(cfg, cfg.d_model, name="attn_norm")(x), positions, mask, cache, prefix
+            RMSNorm(cfg, cfg.d_model, name="attn_norm")(x), positions, mask, cache
         )
         x = x + attn_out
         x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, cfg.d_model, name="mlp_norm")(x))
@@ -473,17 +522,23 @@ class Transformer(nn.Module):
         n continues prompt n // G) -> (prompt hidden [B, P, D], continuation hidden [N, S, D]).
 
         The values of the trunk over the N concatenated [N, P + S] rows (same positions, same
-        masks), with each prompt's tokens computed once instead of G times.
+        masks), with each prompt's tokens computed once instead of G times. Each prompt and its
+        G continuations are packed into one row of P + G * S tokens, so every token-wise layer
+        (norms, projections, MLP) is one matmul per weight over all tokens; only attention
+        splits the row (see `Attention`).
         """
-        g = tokens.shape[0] // prompt_tokens.shape[0]
+        (b, p), (n, s) = prompt_tokens.shape, tokens.shape
+        g = n // b
         prompt_len = jnp.repeat(jnp.sum(prompt_mask.astype(jnp.int32), axis=-1), g)  # [N]
         positions = jnp.maximum(prompt_len[:, None] + jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
-        prompt_positions = positions_from_mask(prompt_mask)
-        xp, x = self._embed(prompt_tokens), self._embed(tokens)
+        packed_positions = jnp.concatenate(
+            [positions_from_mask(prompt_mask), positions.reshape(b, g * s)], axis=1
+        )  # [B, P + G S]
+        x = self._embed(jnp.concatenate([prompt_tokens, tokens.reshape(b, g * s)], axis=1))
         for layer in self.layers:
-            xp, (k, v) = layer(xp, prompt_positions, prompt_mask)
-            x, _ = layer(x, positions, mask, None, (k, v, prompt_mask))
-        return self.final_norm(xp), self.final_norm(x)
+            x, _ = layer(x, packed_positions, (prompt_mask, mask))
+        prompt_hidden, hidden = jnp.split(self.final_norm(x), [p], axis=1)
+        return prompt_hidden, hidden.reshape(n, s, -1)
 
     def decode(self, tokens, positions, cache: KVCache):
         """tokens, positions: [B * G, S] new tokens. Returns (hidden [B*G, S, D], new cache)."""
