@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_llm.models.transformer import _head_matmul, _swiglu, init_params
+from jaxrl_llm.models.transformer import _dense, _swiglu, init_params
 from jaxrl_llm.train.forward import policy_outputs
 
 PROMPTS, GROUP, PROMPT_LEN, RESPONSE_LEN = 3, 4, 7, 6
@@ -89,7 +89,7 @@ def test_grouped_forward_rejects_partial_groups(tiny_config, tiny_params):
 
 
 @pytest.mark.parametrize("shape", [(6, 16), (3, 5, 16)])
-def test_head_matmul_gradient_is_the_einsum_gradient(shape):
+def test_dense_gradient_is_the_einsum_gradient(shape):
     rng = np.random.default_rng(0)
     hidden = jnp.asarray(rng.normal(size=shape), jnp.float32)
     head = jnp.asarray(rng.normal(size=(16, 40)), jnp.float32)
@@ -99,8 +99,8 @@ def test_head_matmul_gradient_is_the_einsum_gradient(shape):
         return lambda h, w: jnp.sum(jnp.sin(matmul(h, w)) * cotangent)
 
     plain = jax.grad(loss(lambda h, w: jnp.einsum("...d,dv->...v", h, w)), argnums=(0, 1))(hidden, head)
-    custom = jax.jit(jax.grad(loss(_head_matmul), argnums=(0, 1)))(hidden, head)
-    np.testing.assert_allclose(_head_matmul(hidden, head), hidden @ head, rtol=1e-6, atol=1e-6)
+    custom = jax.jit(jax.grad(loss(_dense), argnums=(0, 1)))(hidden, head)
+    np.testing.assert_allclose(_dense(hidden, head), hidden @ head, rtol=1e-6, atol=1e-6)
     for a, b in zip(custom, plain, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
