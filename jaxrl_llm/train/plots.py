@@ -6,9 +6,6 @@ import math
 import os
 from collections.abc import Sequence
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from jaxrl_llm.train.metrics import read_metrics
 
 Panel = tuple[str, Sequence[tuple[str, str]]]
@@ -30,6 +27,11 @@ def plot_curves(
           ("loss", [("train", "loss")]),
       ])
     """
+    # Imported here, not at the top: matplotlib adds ~15-20 MB to every process that imports the
+    # trainer, and is needed only when the curves are drawn at the end of a run.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     records = read_metrics(metrics_jsonl_path)
     ncols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / ncols)
