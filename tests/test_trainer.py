@@ -278,6 +278,8 @@ def test_changed_config_in_existing_workdir_is_refused(data_dir, tmp_path):
     Trainer(smoke("grpo_arithmetic", data_dir), str(tmp_path))
     with pytest.raises(ValueError, match=r"different config.*algo\.clip_eps"):
         Trainer(smoke("grpo_arithmetic", data_dir, algo__clip_eps=0.3), str(tmp_path))
+    # Resumable changes are accepted: a longer run under another remat policy.
+    Trainer(smoke("grpo_arithmetic", data_dir, model__remat="full", train__steps=50), str(tmp_path))
 
 
 # ------------------------------------------------------------------- real-model recipe (gsm8k)

@@ -307,6 +307,13 @@ class Trainer:
             state, meta = ckpt.restore(latest, abstract_state=state)
             start = meta["phase_start"]
             if meta.get("done"):
+                print(f"[{phase.name}] already finished at step {int(state.step)} in this workdir; skipped")
+                if int(state.step) < start + phase.steps:
+                    print(
+                        f"[{phase.name}] raising the number of steps does not extend a finished "
+                        "phase (train.steps may change only while a run is interrupted); use a new "
+                        "--workdir for a longer run"
+                    )
                 ckpt.close()
                 self.final_state = state
                 self._last_tagged = int(state.step)  # its 'after' evaluation is in the metrics
@@ -513,11 +520,13 @@ class Trainer:
 
 
 _BAR_KEYS = ("reward_mean", "nll", "kl", "entropy")
-# Config fields a resumed run may change (extend a run, silence the progress bar, another mesh
-# or number of processes; process ids differ between the processes of one run).
+# Config fields a resumed run may change (lengthen or shorten an interrupted run, silence the
+# progress bar, another mesh or number of processes, another remat policy, which changes memory and time but neither the
+# parameters nor the values computed; process ids differ between the processes of one run).
 _RESUMABLE_CHANGES = (
     "train.steps",
     "progress",
+    "model.remat",
     "mesh.data",
     "mesh.fsdp",
     "mesh.tensor",
