@@ -1,12 +1,24 @@
-"""The shared batch types and the algorithm interface (DESIGN.md §2.1-2.2).
+"""The shared batch types and the algorithm interface (docs/architecture.md).
 
-Every algorithm reads and writes one `Rollout` (RL) or `PreferenceBatch` (offline pairs); both
-are NamedTuple pytrees with fixed shapes, so one compiled function serves every step. Fields an
+Every algorithm reads and writes one `Rollout` (RL) or `PreferenceBatch` (pairs); both are
+NamedTuple pytrees with fixed shapes, so one compiled function serves every step. Fields an
 algorithm does not need stay `None` (an empty pytree: no memory, no trace-time cost).
 
-An `Algorithm` mirrors `optax.GradientTransformation`: `transform` is a `RolloutTransform`
-(`init() -> state`, `update(batch, state) -> (batch, state)`) that writes rewards/advantages into
-the batch, and `objective(outputs, batch, state) -> (loss, metrics)` is a pure function of arrays.
+An `Algorithm` is the sum of small named pieces, each replaceable on its own:
+
+  strategy   how a batch is collected (host side; `jaxrl_llm.rollout.strategies`)
+  passes     extra jitted forward passes over the batch, each declaring what it writes
+  transform  a `RolloutTransform` (`init() -> state`, `update(batch, state) -> (batch, state)`,
+             like `optax.GradientTransformation`) writing rewards/advantages into the batch
+  objective  `(outputs, batch, state) -> (loss, metrics)`, a pure function of arrays
+
+The objective contract: the trainer splits a mini-batch into `train.microbatches` parts and
+SUMS the objective's loss, gradients and metrics over them. An objective must therefore
+normalise by the whole mini-batch's denominators, which the trainer puts in `batch.extras`
+('num_tokens': loss-mask tokens, 'num_seqs': rows). The helpers in `jaxrl_llm.objectives`
+(`token_mean`, `sequence_mean`, `aggregate(..., **normalisers(batch))`) do; a bare `jnp.mean`
+does not (its loss and gradients come out multiplied by the number of micro-batches).
+`jaxrl_llm.check_microbatch_invariance` tests an objective for exactly this.
 """
 
 from __future__ import annotations
@@ -19,54 +31,64 @@ import jax
 Array = jax.Array
 
 
-class Rollout(NamedTuple):
-    """One RL batch: B = prompts x G sampled responses (row b*G + g), fixed shapes.
-
-    prompt_ids, prompt_mask: [B, P] left-padded prompts (each repeated for its G samples).
-    response_ids, response_mask: [B, T] right-padded responses; mask 1 on generated tokens incl.
-      the stop token, 0 on padding.
-    group_ids: [B] int32, rows sampled from the same prompt share an id.
-    logp_behav: [B, T] log-probs at sampling time.
-    logp_old: [B, T] pre-update policy log-probs (`None` with one update per rollout: the
-      trainer then uses stop_gradient(logp), which is exactly the pre-update value).
-    logp_ref: [B, T] reference-policy log-probs (algorithms that ask for a reference pass).
-    values: [B, T] critic values at sampling time (algorithms that ask for a critic).
-    rewards: [B] sequence rewards (verifier / reward model).
-    token_rewards: [B, T] dense rewards, written by reward transforms.
-    advantages, returns: [B, T], written by advantage transforms.
-    extras: dict of algorithm-specific arrays; the trainer adds 'num_tokens' and 'num_seqs'
-      (scalars: response tokens and sequences in the whole mini-batch) so loss aggregation uses
-      the mini-batch denominator under gradient accumulation.
-    """
-
+class _RolloutFields(NamedTuple):
     prompt_ids: Array
     prompt_mask: Array
     response_ids: Array
     response_mask: Array
+    loss_mask: Array | None = None
     group_ids: Array | None = None
     logp_behav: Array | None = None
     logp_old: Array | None = None
+    entropy_old: Array | None = None
     logp_ref: Array | None = None
     values: Array | None = None
     rewards: Array | None = None
     token_rewards: Array | None = None
     advantages: Array | None = None
     returns: Array | None = None
-    extras: dict = {}
+    extras: dict | None = None
+    metrics: dict | None = None
 
 
-class PreferenceBatch(NamedTuple):
-    """Offline preference pairs sharing one prompt each (DPO family).
+class Rollout(_RolloutFields):
+    """One RL batch: B rows of (prompt, response), fixed shapes.
 
-    prompt_ids, prompt_mask: [B, P] left-padded prompts.
-    chosen_ids, chosen_mask, rejected_ids, rejected_mask: [B, T] right-padded completions;
-      masks are 1 on completion tokens incl. EOS.
-    ref_chosen_logps, ref_rejected_logps: [B, T] per-token reference log-probs, computed once
-      per batch by the trainer when the algorithm asks for a reference pass.
-    extras: dict of algorithm-specific arrays (e.g. soft labels, margins) plus the trainer's
-      'num_tokens' / 'num_seqs' mini-batch denominators.
+    prompt_ids, prompt_mask: [B, P] left-padded prompts (repeated for each sample of a prompt).
+    response_ids, response_mask: [B, T] right-padded responses; `response_mask` says which
+      positions exist (1 on every real token: generated tokens incl. the stop token, and in a
+      multi-turn episode the observation tokens between turns; 0 on padding). Attention uses it.
+    loss_mask: [B, T] which positions carry loss (`None` = response_mask). Observation tokens,
+      hint tokens and filtered tokens are attended (response_mask 1) but carry none (loss_mask
+      0). Objectives, advantage transforms and the mini-batch token count use it
+      (`jaxrl_llm.objectives.loss_mask(batch)` resolves the default).
+    group_ids: [B] int32, rows sampled from the same prompt share an id; the default strategy
+      writes rows b * G + g for prompt b.
+    logp_behav: [B, T] log-probs at sampling time (0 where nothing was sampled).
+    logp_old, entropy_old: [B, T] pre-update policy log-probs / entropies (the `old_policy_pass`;
+      `logp_old=None` with one update per rollout: objectives then use stop_gradient(logp),
+      exactly the pre-update value, see `objectives.old_logp`).
+    logp_ref: [B, T] reference-policy log-probs (the `reference_pass`).
+    values: [B, T] critic values at sampling time (the `critic_pass`).
+    rewards: [B] sequence rewards (verifiers / reward models, combined as configured).
+    token_rewards: [B, T] dense rewards, written by reward transforms.
+    advantages, returns: [B, T], written by advantage transforms.
+    extras: dict of per-row arrays [B, ...] written by strategies, passes and transforms (e.g.
+      'reward/<source>', 'finished', 'baseline_rewards'), plus the trainer's scalar mini-batch
+      denominators 'num_tokens' / 'num_seqs'. Scalars are kept whole when rows are selected.
+    metrics: dict of scalars that strategies and transforms report (`add_metrics`); the trainer
+      logs them once per step after `prepare`.
+    A new instance never shares `extras` / `metrics` dicts with another (no mutable defaults).
     """
 
+    __slots__ = ()
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls, *args, **kwargs)
+        return _fresh_dicts(self)
+
+
+class _PreferenceFields(NamedTuple):
     prompt_ids: Array
     prompt_mask: Array
     chosen_ids: Array
@@ -75,7 +97,37 @@ class PreferenceBatch(NamedTuple):
     rejected_mask: Array
     ref_chosen_logps: Array | None = None
     ref_rejected_logps: Array | None = None
-    extras: dict = {}
+    extras: dict | None = None
+    metrics: dict | None = None
+
+
+class PreferenceBatch(_PreferenceFields):
+    """Preference pairs sharing one prompt each (DPO family), offline or built online from a
+    `Rollout` by a transform (see `Algorithm`).
+
+    prompt_ids, prompt_mask: [B, P] left-padded prompts.
+    chosen_ids, chosen_mask, rejected_ids, rejected_mask: [B, T] right-padded completions;
+      masks are 1 on completion tokens incl. EOS (attention and loss alike).
+    ref_chosen_logps, ref_rejected_logps: [B, T] per-token reference log-probs.
+    extras, metrics: as in `Rollout`.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls, *args, **kwargs)
+        return _fresh_dicts(self)
+
+
+def _fresh_dicts(batch):
+    missing = {k: {} for k in ("extras", "metrics") if getattr(batch, k) is None}
+    return batch._replace(**missing) if missing else batch
+
+
+def add_metrics(batch, **metrics):
+    """`batch` with scalar `metrics` added to `batch.metrics` (logged by the trainer once per
+    step, after `prepare`). For transforms and strategies: `return add_metrics(r, kl=kl), state`."""
+    return batch._replace(metrics={**batch.metrics, **metrics})
 
 
 class ModelOutputs(NamedTuple):
@@ -99,34 +151,88 @@ class RolloutTransform(NamedTuple):
     """Optax-style batch transformation: `init() -> state`, `update(batch, state) -> (batch, state)`.
 
     Pure and jittable; `state` is a pytree (running reward moments, per-prompt statistics, ...).
-    Compose with `chain` / `named_chain`.
+    Compose with `chain` / `named_chain`. A transform may report scalars with `add_metrics`,
+    change the number of rows, or turn a `Rollout` into a `PreferenceBatch` (online DPO): the
+    trainer validates the mini-batch split on the batch it returns and runs the objective on it.
     """
 
     init: Callable[[], Any]
     update: Callable[[Any, Any], tuple[Any, Any]]
 
 
-# (outputs, batch, state) -> (scalar loss, dict of scalar metrics)
+# (outputs, batch, state) -> (scalar loss, dict of scalar metrics); see the contract above.
 Objective = Callable[[ModelOutputs, Any, Any], tuple[Array, dict]]
 
-# Extra passes an algorithm may ask the trainer for.
-PASSES = ("reference", "critic", "old_logp")
+
+class Pass(NamedTuple):
+    """An extra jitted forward pass the trainer runs over each batch, before the transform.
+
+    name: unique within an algorithm (the trainer adds 'old_logp' itself when several updates
+      per rollout need it).
+    writes: the batch fields it fills ('logp_ref', 'values', 'extras.teacher_logp', ...).
+    run: `(ctx: PassContext, batch) -> batch`, traced inside the trainer's `prepare`.
+    needs: what the trainer must provide: 'reference' (frozen reference params), 'critic', or
+      'aux:<name>' (an auxiliary model of `config.aux_models`).
+    """
+
+    name: str
+    writes: tuple[str, ...]
+    run: Callable[[Any, Any], Any]
+    needs: frozenset = frozenset()
+
+
+class PassContext(NamedTuple):
+    """What a pass can read (inside `prepare`, traced).
+
+    params, ref_params, critic_params: the policy, reference (None without the 'reference'
+      need) and critic (None without a critic).
+    aux: dict name -> `AuxModel` (frozen auxiliary models; params are arrays, the rest static).
+    policy_outputs: `(params, batch) -> ModelOutputs` with the trainer's forward (sampling
+      temperature, shared-prompt grouping).
+    critic_values: `(params, batch) -> [B, T]`.
+    """
+
+    params: Any
+    ref_params: Any
+    critic_params: Any
+    aux: dict
+    policy_outputs: Callable
+    critic_values: Callable
+
+
+class RolloutStrategy(NamedTuple):
+    """How a batch is collected (host side): `collect(ctx, prompts, rng) -> Rollout`.
+
+    `ctx` is a `jaxrl_llm.StrategyContext` (current params, step, sampler, scorer, extra
+    prompts, tokenizer, auxiliary models), `prompts` a `PromptBatch`, `rng` a step-derived key.
+    Strategies compose like optax wrappers: `dynamic_sampling(greedy_baseline(group_sampling()))`.
+    They must be deterministic given (ctx.step, prompts, rng) so a resumed run repeats them.
+    """
+
+    collect: Callable[[Any, Any, Any], Rollout]
 
 
 class Algorithm(NamedTuple):
-    """An RL or preference algorithm: transforms + objective + the passes it needs.
+    """An RL or preference algorithm: its strategy, passes, transform and objective.
 
-    data: 'rollout' (sampled online and scored), 'preference' (offline pairs) or 'supervised'
-      (targets from the dataset, for SFT warm-starts).
-    transform: writes rewards/advantages/... into the batch, once per batch before updates.
-    objective: policy loss, pure function of arrays.
+    data: 'rollout' (collected online by `strategy` and scored), 'preference' (offline pairs)
+      or 'supervised' (targets from the dataset, SFT).
+    transform: writes rewards/advantages/... into the batch, once per batch before updates; may
+      change the batch's rows or type (documented on `RolloutTransform`).
+    objective: policy loss, pure function of arrays (contract in the module docstring).
     value_objective: critic loss `(outputs with .values, batch, state)`, or None (no critic).
-    passes: subset of `PASSES` the trainer must run before `transform` ('reference': logp_ref /
-      ref_*_logps; 'critic': values; 'old_logp': logp_old even with one update per rollout).
+    passes: `Pass` objects the trainer runs, in order, before `transform` (see
+      `jaxrl_llm.passes`).
+    strategy: how rollouts are collected (None: `group_sampling()`, G samples per prompt).
     """
 
     data: str
     transform: RolloutTransform
     objective: Objective
     value_objective: Objective | None = None
-    passes: frozenset = frozenset()
+    passes: tuple = ()
+    strategy: RolloutStrategy | None = None
+
+    def needs(self) -> frozenset:
+        """Union of the passes' needs ('reference', 'critic', 'aux:<name>')."""
+        return frozenset().union(*(p.needs for p in self.passes))

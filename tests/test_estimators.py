@@ -7,11 +7,15 @@ import pytest
 
 from jaxrl_llm.transforms.estimators import (
     RunningMoments,
+    discounted_returns,
     gae,
     group_advantages,
     last_token_rewards,
     masked_mean,
     masked_whiten,
+    reinforce_pp_baseline_rewards,
+    reinforce_pp_returns,
+    remax_advantages,
     rloo_advantages,
     running_moments_init,
     running_moments_update,
@@ -126,6 +130,120 @@ def test_gae_matches_loop_and_skips_masked_holes():
     _close(adv[0][mask == 0], [0.0, 0.0, 0.0])
 
 
+# ---------------------------------------------------------------- REINFORCE-style returns
+
+
+def _reference_discounted_returns(rewards, mask, gamma):
+    """Loop over the valid tokens only (the documented semantics)."""
+    out, running = np.zeros(len(rewards)), 0.0
+    for t in reversed(range(len(rewards))):
+        if mask[t]:
+            running = rewards[t] + gamma * running
+            out[t] = running
+    return out
+
+
+def test_discounted_returns_skips_masked_gap():
+    out = discounted_returns(jnp.array([[0.0, 5.0, 1.0]]), jnp.array([[1, 0, 1]]), 0.5)
+    _close(out, [[0.5, 0.0, 1.0]])
+
+
+def test_discounted_returns_matches_loop_padding_and_gamma_one():
+    rng = np.random.default_rng(2)
+    rewards = rng.normal(size=(3, 7)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 1, 1, 0], [1, 1, 1, 0, 0, 0, 0]], np.float32)
+    out = discounted_returns(rewards, mask, 0.9)
+    _close(out, [_reference_discounted_returns(r, m, 0.9) for r, m in zip(rewards, mask, strict=True)])
+    assert float(jnp.abs(jnp.where(mask == 0, out, 0.0)).max()) == 0.0
+    # γ = 1: reverse cumulative sum of the valid rewards.
+    full = discounted_returns(rewards, mask, 1.0)
+    _close(full, np.flip(np.cumsum(np.flip(rewards * mask, -1), -1), -1) * mask, tol=1e-4)
+
+
+def test_reinforce_pp_returns_whitened_golden():
+    mask = jnp.array([[1, 0, 0], [1, 1, 1]])  # two responses, lengths 1 and 3
+    returns = reinforce_pp_returns(jnp.array([1.0, 0.0]), mask)
+    _close(returns, [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    _close(masked_whiten(returns, mask), [[1.7320508, 0, 0], [-0.5773503] * 3], tol=1e-4)
+
+
+def test_reinforce_pp_returns_token_rewards_gamma_and_gap():
+    mask = jnp.array([[1, 1, 1, 0], [1, 0, 1, 0]])
+    kl = jnp.full((2, 4), -0.1)  # −β·KL_t; junk behind the mask is ignored
+    _close(reinforce_pp_returns(jnp.array([1.0, 1.0]), mask, 1.0, kl), [[0.7, 0.8, 0.9, 0], [0.8, 0, 0.9, 0]])
+    # γ = 0.5 over valid tokens only, R on the last valid token: [0.5, 0, 1].
+    _close(reinforce_pp_returns(jnp.array([1.0, 1.0]), mask, 0.5)[1], [0.5, 0.0, 1.0, 0.0])
+
+
+def _verl_reinforce_pp_loop(token_rewards, mask, gamma):
+    """The verl return loop (restarts after each masked position); equal to ours on right padding."""
+    returns, running = np.zeros_like(token_rewards), np.zeros(token_rewards.shape[0])
+    for t in reversed(range(token_rewards.shape[1])):
+        running = token_rewards[:, t] + gamma * running
+        returns[:, t] = running
+        running = running * mask[:, t]
+    return returns * mask
+
+
+def test_reinforce_pp_returns_match_verl_loop_on_right_padding():
+    rng = np.random.default_rng(3)
+    mask = np.array([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], np.float32)
+    rewards = rng.normal(size=3).astype(np.float32)
+    kl = (rng.normal(size=(3, 5)) * 0.1).astype(np.float32) * mask
+    dense = np.asarray(last_token_rewards(rewards, mask)) + kl
+    ours = reinforce_pp_returns(rewards, mask, 0.95, kl)
+    _close(ours, _verl_reinforce_pp_loop(dense, mask, 0.95))
+
+
+def test_reinforce_pp_baseline_rewards_golden_and_single_sample_group():
+    _close(reinforce_pp_baseline_rewards(*ONE_GROUP), [0.75, -0.25, -0.25, -0.25])
+    # ids 7 (single sample: baseline 0 as verl), 3 (constant: exactly 0), 9 (mixed).
+    rewards = jnp.array([2.0, 0.1, 0.1, 0.1, 1.0, 0.0])
+    out = reinforce_pp_baseline_rewards(rewards, jnp.array([7, 3, 3, 3, 9, 9]))
+    _close(out, [2.0, 0.0, 0.0, 0.0, 0.5, -0.5])
+    assert float(jnp.abs(out[1:4]).max()) == 0.0
+
+
+def test_reinforce_pp_baseline_composition_matches_verl():
+    # verl: (R − mean_g) broadcast over the valid tokens, then Bessel masked_whiten.
+    rewards, ids = jnp.array([1.0, 0.0, 0.0, 1.0, 1.0, 0.5]), jnp.array([0, 0, 0, 1, 1, 2])
+    mask = jnp.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1]])
+    centred = np.array([1 - 1 / 3, -1 / 3, -1 / 3, 0.0, 0.0, 0.5], np.float32)
+    tiled = centred[:, None] * np.asarray(mask, np.float32)
+    valid = tiled[np.asarray(mask) > 0]
+    expected = (tiled - valid.mean()) / np.sqrt(valid.var(ddof=1) + 1e-8) * np.asarray(mask)
+    returns = reinforce_pp_returns(reinforce_pp_baseline_rewards(rewards, ids), mask)
+    _close(masked_whiten(returns, mask, unbiased=True), expected, tol=1e-4)
+
+
+def test_remax_golden():
+    out = remax_advantages(jnp.array([0.8]), jnp.array([0.5]), jnp.array([[1, 1, 1, 0, 0]]))
+    _close(out, [[0.3, 0.3, 0.3, 0.0, 0.0]])
+
+
+def test_remax_clip_gamma_and_current_token_rewards():
+    mask = jnp.array([[1, 1, 1, 0], [1, 0, 1, 0]])
+    rewards, greedy = jnp.array([10.0, -10.0]), jnp.zeros(2)
+    _close(remax_advantages(rewards, greedy, mask), [[5, 5, 5, 0], [-5, 0, -5, 0]])
+    _close(remax_advantages(rewards, greedy, mask, clip=None), [[10, 10, 10, 0], [-10, 0, -10, 0]])
+    # γ once per valid token including the last (ReMax compute_returns): γ^{n_t}·Â.
+    adv = remax_advantages(jnp.array([1.0, 1.0]), greedy, mask, gamma=0.5)
+    _close(adv, [[0.125, 0.25, 0.5, 0], [0.25, 0, 0.5, 0]])
+    # Token rewards (e.g. −β·KL_t) enter per token, not accumulated.
+    kl = jnp.array([[0.1, 0.2, 0.3, 9.0], [0.1, 9.0, 0.3, 9.0]])
+    adv = remax_advantages(jnp.array([0.8, 0.8]), jnp.array([0.5, 0.5]), mask, token_rewards=kl)
+    _close(adv, [[0.4, 0.5, 0.6, 0], [0.4, 0, 0.6, 0]])
+
+
+def test_remax_without_clip_and_token_rewards_matches_verl():
+    # verl compute_remax_outcome_advantage: reverse cumsum of token rewards − baseline, on valid tokens.
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], np.float32)
+    rewards, greedy = np.array([7.0, -0.3], np.float32), np.array([0.5, 0.2], np.float32)
+    tok = np.asarray(last_token_rewards(rewards, mask))
+    verl = (np.flip(np.cumsum(np.flip(tok * mask, -1), -1), -1) - greedy[:, None]) * mask
+    _close(remax_advantages(rewards, greedy, mask, clip=None), verl)
+
+
 # ---------------------------------------------------------------- whitening and running moments
 
 
@@ -191,5 +309,12 @@ def test_every_estimator_jits():
     _close(jax.jit(gae)(tok, values, mask)[0], gae(tok, values, mask)[0])
     _close(jax.jit(masked_whiten)(tok, mask), masked_whiten(tok, mask))
     _close(jax.jit(masked_mean, static_argnames="axis")(tok, mask, axis=1), masked_mean(tok, mask, axis=1))
+    _close(jax.jit(discounted_returns)(tok, mask, 0.9), discounted_returns(tok, mask, 0.9))
+    _close(
+        jax.jit(reinforce_pp_returns)(rewards, mask, 0.9, tok), reinforce_pp_returns(rewards, mask, 0.9, tok)
+    )
+    _close(jax.jit(reinforce_pp_baseline_rewards)(rewards, ids), reinforce_pp_baseline_rewards(rewards, ids))
+    remax = lambda *a: remax_advantages(*a, gamma=0.9, token_rewards=tok)
+    _close(jax.jit(remax)(rewards, rewards * 0.5, mask, 5.0), remax(rewards, rewards * 0.5, mask, 5.0))
     state = jax.jit(running_moments_update)(running_moments_init(), rewards, None)
     _close(jax.jit(running_std)(state), running_std(running_moments_update(running_moments_init(), rewards)))

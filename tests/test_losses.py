@@ -9,6 +9,7 @@ import pytest
 
 from jaxrl_llm.losses import (
     AGGREGATION_MODES,
+    KL_ESTIMATORS,
     aggregate,
     clipped_value_loss,
     dpo_loss,
@@ -31,10 +32,17 @@ def _close(actual, expected, tol=1e-5):
 
 
 @pytest.mark.parametrize(
-    "kind, expected", [("k1", 0.223144), ("k2", 0.024897), ("k3", 0.023144), ("k3+", 0.023144)]
+    "kind, expected",
+    [("k1", 0.223144), ("k2", 0.024897), ("k3", 0.023144), ("k3+", 0.023144), ("abs", 0.223144)],
 )
 def test_kl_estimate_golden(kind, expected):
     _close(kl_estimate(jnp.array([LOG_PI]), jnp.array([LOG_PI_REF]), kind), [expected])
+
+
+def test_kl_abs_is_abs_of_k1():
+    logp, logp_ref = jnp.array([LOG_PI_REF, LOG_PI]), jnp.array([LOG_PI, LOG_PI_REF])
+    _close(kl_estimate(logp, logp_ref, "abs"), [0.223144, 0.223144])
+    _close(kl_estimate(logp, logp_ref, "k1"), [-0.223144, 0.223144])
 
 
 def test_kl_k3_plus_has_k3_value_and_k2_gradient():
@@ -46,12 +54,36 @@ def test_kl_k3_plus_has_k3_value_and_k2_gradient():
     assert not np.isclose(grad("k3"), grad("k2"))
 
 
-def test_kl_clamp_bounds_far_off_policy_tokens():
+def test_kl_clamps_only_k3_as_verl():
+    # verl kl_penalty_forward: k1/abs/k2 unclamped; low_var_kl clamps d to ±20 and k3 to ±10.
+    logp, logp_ref = jnp.array([30.0, -30.0]), jnp.zeros(2)
+    _close(kl_estimate(logp, logp_ref, "k1"), [30.0, -30.0])
+    _close(kl_estimate(logp, logp_ref, "abs"), [30.0, 30.0])
+    _close(kl_estimate(logp, logp_ref, "k2"), [450.0, 450.0])
+    _close(kl_estimate(logp, logp_ref, "k3"), [10.0, 10.0])
+    _close(kl_estimate(logp, logp_ref, "k3+"), [10.0, 10.0])
+    # k3+ keeps the (unclamped) k2 gradient, d; the clamped k3 has zero gradient there.
+    grad = lambda kind: jax.grad(lambda lp: kl_estimate(lp, logp_ref, kind).sum())(logp)
+    _close(grad("k3+"), grad("k2"))
+    _close(grad("k3+"), [30.0, -30.0])
+    _close(grad("k3"), [0.0, 0.0])
+
+
+def test_kl_k3_plus_gradient_matches_k2_on_random_tokens():
+    rng = np.random.default_rng(0)
+    logp, logp_ref = (jnp.asarray(rng.normal(size=(3, 5)), jnp.float32) for _ in range(2))
+    grad = lambda kind: jax.grad(lambda lp: kl_estimate(lp, logp_ref, kind).sum())(logp)
+    _close(grad("k3+"), grad("k2"))
+    _close(kl_estimate(logp, logp_ref, "k3+"), kl_estimate(logp, logp_ref, "k3"))
+
+
+def test_kl_k3_clamp_bounds_far_off_policy_tokens():
     logp, logp_ref = jnp.array([-50.0, 0.0]), jnp.array([0.0, -50.0])
-    _close(kl_estimate(logp, logp_ref, "k1"), [-20.0, 20.0])
+    _close(kl_estimate(logp, logp_ref, "k1"), [-50.0, 50.0])
     _close(kl_estimate(logp, logp_ref, "k3"), [10.0, 10.0])
     unclamped = kl_estimate(logp, logp_ref, "k3", clamp=False)
     assert float(unclamped[0]) > 1e20 and np.isfinite(unclamped).all()
+    _close(unclamped[1], 49.0)  # exp(−50) + 50 − 1
 
 
 def test_kl_unknown_kind_lists_the_kinds():
@@ -99,6 +131,25 @@ def test_ppo_clip_branches_and_gradients(ratio, adv, eps_high, expected_loss, ex
     grad = jax.grad(lambda lp: f(lp)[0].sum())(logp)
     expected_grad = 0.0 if expected_clipped else -adv * ratio  # d(−A·r)/dlogp = −A·r
     _close(grad, [expected_grad])
+
+
+@pytest.mark.parametrize(
+    "adv, expected_loss", [(0.0, 0.0), (1.0, -1.2), (-1.0, float(np.exp(np.float32(20.0))))]
+)
+def test_ppo_log_ratio_clamp_keeps_loss_and_grad_finite(adv, expected_loss):
+    # log-ratio 100 with A = 0 (a constant GRPO group) was 0·inf = NaN before the ±20 clamp.
+    f = lambda lp: ppo_clip_loss(lp, jnp.zeros(1), jnp.array([adv]))
+    logp = jnp.array([100.0])
+    loss, clipped = f(logp)
+    _close(loss, [expected_loss], tol=1e-4)
+    _close(clipped, [1.0 if adv > 0 else 0.0])
+    grad = jax.grad(lambda lp: f(lp)[0].sum())(logp)
+    assert np.isfinite(loss).all() and np.isfinite(grad).all()
+    _close(grad, [0.0])
+    # Inside the clamp nothing changes: the gradient is still −A·r.
+    _close(
+        jax.grad(lambda lp: f(lp)[0].sum())(jnp.array([19.0])), [0.0 if adv >= 0 else np.exp(19.0)], tol=1e-4
+    )
 
 
 def test_ppo_dual_clip_validation_and_traced_value():
@@ -255,7 +306,7 @@ def test_every_loss_jits():
     mask = jnp.ones((b, t), jnp.int32)
     logits = jnp.arange(b * t * v, dtype=jnp.float32).reshape(b, t, v) / 10
     tokens = jnp.zeros((b, t), jnp.int32)
-    for kind in ("k1", "k3+"):
+    for kind in KL_ESTIMATORS:
         _close(
             jax.jit(kl_estimate, static_argnames="kind")(x, x * 0.5, kind=kind), kl_estimate(x, x * 0.5, kind)
         )

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 
 from jaxrl_llm.algorithms.registry import register
 from jaxrl_llm.losses.preference import dpo_loss, sequence_logps
+from jaxrl_llm.objectives import sequence_mean
+from jaxrl_llm.train.passes import reference_pass
 from jaxrl_llm.transforms.base import identity
 from jaxrl_llm.types import Algorithm
 
@@ -27,13 +29,12 @@ def dpo(beta: float = 0.1, label_smoothing: float = 0.0, reference_free: bool = 
             ref_c = sequence_logps(batch.ref_chosen_logps, batch.chosen_mask)
             ref_r = sequence_logps(batch.ref_rejected_logps, batch.rejected_mask)
         losses, pair_metrics = dpo_loss(chosen, rejected, ref_c, ref_r, beta, label_smoothing, reference_free)
-        num_pairs = batch.extras.get("num_seqs", b)
-        metrics = {k: jnp.sum(v) / num_pairs for k, v in pair_metrics.items()}
-        return jnp.sum(losses) / num_pairs, metrics
+        metrics = {k: sequence_mean(v, batch) for k, v in pair_metrics.items()}
+        return sequence_mean(losses, batch), metrics
 
     return Algorithm(
         data="preference",
         transform=identity(),
         objective=objective,
-        passes=frozenset() if reference_free else frozenset({"reference"}),
+        passes=() if reference_free else (reference_pass(),),
     )

@@ -7,40 +7,12 @@ Reference implementation: verl `compute_grpo_outcome_advantage`, `compute_policy
 
 from __future__ import annotations
 
-from jaxrl_llm.algorithms.common import normalisers, old_logp, response_mask, token_mean
 from jaxrl_llm.algorithms.registry import register
-from jaxrl_llm.losses.aggregation import aggregate
-from jaxrl_llm.losses.policy import kl_estimate, ppo_clip_loss
+from jaxrl_llm.objectives import pg_terms
+from jaxrl_llm.train.passes import reference_pass
 from jaxrl_llm.transforms.base import is_static_zero
-from jaxrl_llm.transforms.rollout import group_relative_advantages
+from jaxrl_llm.transforms.rollout import group_advantages
 from jaxrl_llm.types import Algorithm
-
-
-def clipped_pg_objective(
-    clip_eps, clip_eps_high, dual_clip, beta, kl_estimator, loss_agg, max_len, entropy_coef
-):
-    """The GRPO-family objective: PPO-clip on `batch.advantages` + beta * KL-to-reference
-    in the loss - entropy_coef * entropy, aggregated with `loss_agg` over the mini-batch."""
-    use_kl = not is_static_zero(beta)
-    use_entropy = not is_static_zero(entropy_coef)
-
-    def objective(outputs, batch, state):
-        mask = response_mask(batch)
-        pg, clipped = ppo_clip_loss(
-            outputs.logp, old_logp(outputs, batch), batch.advantages, clip_eps, clip_eps_high, dual_clip
-        )
-        token_loss = pg
-        metrics = {"pg_loss": token_mean(pg, mask, batch), "clip_fraction": token_mean(clipped, mask, batch)}
-        if use_kl:
-            kl = kl_estimate(outputs.logp, batch.logp_ref, kind=kl_estimator)
-            token_loss = token_loss + beta * kl
-            metrics["kl"] = token_mean(kl, mask, batch)
-        if use_entropy:
-            token_loss = token_loss - entropy_coef * outputs.entropy
-        loss = aggregate(token_loss, mask, loss_agg, **normalisers(batch), max_len=max_len)
-        return loss, metrics
-
-    return objective
 
 
 @register("grpo")
@@ -65,12 +37,11 @@ def grpo(
     max_len: constant L_max for 'seq_mean_token_sum_norm' (None = the response buffer length).
     beta=0 drops the KL term and the reference forward pass.
     """
-    passes = frozenset() if is_static_zero(beta) else frozenset({"reference"})
     return Algorithm(
         data="rollout",
-        transform=group_relative_advantages(std=std, eps=adv_eps),
-        objective=clipped_pg_objective(
+        transform=group_advantages(std=std, eps=adv_eps),
+        objective=pg_terms(
             clip_eps, clip_eps_high, dual_clip, beta, kl_estimator, loss_agg, max_len, entropy_coef
         ),
-        passes=passes,
+        passes=() if is_static_zero(beta) else (reference_pass(),),
     )

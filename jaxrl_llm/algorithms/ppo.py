@@ -8,11 +8,9 @@ the batch; policy loss PPO-clip token-mean; critic loss clipped value loss again
 
 from __future__ import annotations
 
-from jaxrl_llm.algorithms.common import normalisers, response_mask, token_mean
-from jaxrl_llm.algorithms.grpo import clipped_pg_objective
 from jaxrl_llm.algorithms.registry import register
-from jaxrl_llm.losses.aggregation import aggregate
-from jaxrl_llm.losses.value import clipped_value_loss
+from jaxrl_llm.objectives import pg_terms, value_loss
+from jaxrl_llm.train.passes import critic_pass, old_policy_pass, reference_pass
 from jaxrl_llm.transforms import rollout as rt
 from jaxrl_llm.transforms.base import chain, is_static_zero
 from jaxrl_llm.types import Algorithm
@@ -48,27 +46,13 @@ def ppo(
     steps.append(rt.reward_to_tokens())
     if use_kl:
         steps.append(rt.kl_penalty_in_reward(kl_coef, kl_estimator))
-    steps.append(rt.gae_advantages(gamma, lam))
+    steps.append(rt.gae(gamma, lam))
     if whiten:
         steps.append(rt.whiten_advantages())
-
-    def value_objective(outputs, batch, state):
-        mask = response_mask(batch)
-        loss = clipped_value_loss(outputs.values, batch.values, batch.returns, value_clip)
-        metrics = {
-            "value_loss": token_mean(loss, mask, batch),
-            "value_mean": token_mean(outputs.values, mask, batch),
-            "return_mean": token_mean(batch.returns, mask, batch),
-        }
-        return aggregate(loss, mask, "token_mean", **normalisers(batch)), metrics
-
-    passes = {"critic"} | ({"reference", "old_logp"} if use_kl else set())
     return Algorithm(
         data="rollout",
         transform=chain(*steps),
-        objective=clipped_pg_objective(
-            clip_eps, clip_eps_high, dual_clip, 0.0, "k1", loss_agg, None, entropy_coef
-        ),
-        value_objective=value_objective,
-        passes=frozenset(passes),
+        objective=pg_terms(clip_eps, clip_eps_high, dual_clip, 0.0, "k1", loss_agg, None, entropy_coef),
+        value_objective=value_loss(value_clip),
+        passes=(critic_pass(), reference_pass(), old_policy_pass()) if use_kl else (critic_pass(),),
     )

@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable
 
 from jaxrl_llm.transforms.base import inject_hyperparams
-from jaxrl_llm.types import PASSES, Algorithm
+from jaxrl_llm.types import Algorithm, Pass, RolloutStrategy
 
 _REGISTRY: dict[str, Callable[..., Algorithm]] = {}
 _DATA_KINDS = ("rollout", "preference", "supervised")
@@ -49,8 +49,8 @@ def get_factory(name: str) -> Callable[..., Algorithm]:
 
 
 def make_algorithm(name: str, **hyperparams) -> Algorithm:
-    """Builds a registered algorithm with float hyper-parameters injected into its state
-    (schedulable without recompiling, see `inject_hyperparams`)."""
+    """Builds a registered algorithm; hyper-parameters given as `schedule(fn)` are injected
+    into its state (changed every step without recompiling, see `inject_hyperparams`)."""
     factory = get_factory(name)
     params = inspect.signature(factory).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -63,7 +63,23 @@ def make_algorithm(name: str, **hyperparams) -> Algorithm:
     algorithm = inject_hyperparams(factory)(**hyperparams)
     if algorithm.data not in _DATA_KINDS:
         raise ValueError(f"algorithm {name!r} has data={algorithm.data!r}; expected one of {_DATA_KINDS}")
-    bad = sorted(set(algorithm.passes) - set(PASSES))
-    if bad:
-        raise ValueError(f"algorithm {name!r} asks for unknown passes {bad}; the trainer runs {PASSES}")
+    check_algorithm(algorithm, name)
     return algorithm
+
+
+def check_algorithm(algorithm: Algorithm, name: str) -> None:
+    """Clear errors for an `Algorithm` whose pieces have the wrong types."""
+    if not isinstance(algorithm.passes, tuple) or not all(isinstance(p, Pass) for p in algorithm.passes):
+        raise ValueError(
+            f"algorithm {name!r}: passes must be a tuple of jaxrl_llm.Pass objects (e.g. "
+            f"(jaxrl_llm.reference_pass(),)), got {algorithm.passes!r}"
+        )
+    names = [p.name for p in algorithm.passes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"algorithm {name!r}: duplicate pass names {names}")
+    if algorithm.strategy is not None and not isinstance(algorithm.strategy, RolloutStrategy):
+        raise ValueError(
+            f"algorithm {name!r}: strategy must be a jaxrl_llm.RolloutStrategy, got {algorithm.strategy!r}"
+        )
+    if algorithm.strategy is not None and algorithm.data != "rollout":
+        raise ValueError(f"algorithm {name!r}: a strategy collects rollouts, but data={algorithm.data!r}")

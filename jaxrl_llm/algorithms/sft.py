@@ -3,9 +3,8 @@ warm-start phase before RL, through the same trainer and update step as every al
 
 from __future__ import annotations
 
-from jaxrl_llm.algorithms.common import normalisers, response_mask
 from jaxrl_llm.algorithms.registry import register
-from jaxrl_llm.losses.aggregation import aggregate
+from jaxrl_llm.objectives import nll
 from jaxrl_llm.transforms.base import identity
 from jaxrl_llm.types import Algorithm
 
@@ -13,9 +12,4 @@ from jaxrl_llm.types import Algorithm
 @register("sft")
 def sft(loss_agg: str = "token_mean") -> Algorithm:
     """NLL = -sum_t m_t log pi(y_t | x, y_<t) / sum m (token_mean; any `aggregate` mode)."""
-
-    def objective(outputs, batch, state):
-        loss = aggregate(-outputs.logp, response_mask(batch), loss_agg, **normalisers(batch))
-        return loss, {"nll": loss}
-
-    return Algorithm(data="supervised", transform=identity(), objective=objective)
+    return Algorithm(data="supervised", transform=identity(), objective=nll(1.0, loss_agg))

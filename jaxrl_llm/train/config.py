@@ -103,8 +103,21 @@ def base_config() -> ml_collections.ConfigDict:
     # Algorithm: `name` from the registry; other fields are its hyper-parameters.
     c.algo = algo_config("grpo")
 
-    # Rewards: {registered reward function: weight}; the total is the weighted sum.
+    # Rewards: {source: weight}; the total is the weighted sum. A source is a registered reward
+    # function, a reward model of `aux_models`, or an ensemble of `reward_ensembles`
+    # (see jaxrl_llm/rewards/models.py); each is logged as reward/<source>.
     c.rewards = ml_collections.ConfigDict(dict(exact_match=1.0))
+    # Frozen auxiliary models: {name: {checkpoint: HF dir or an earlier run's
+    # checkpoints/<phase>/<step>, head: 'reward' | 'causal_lm' | 'value'}}. Never saved in the
+    # run's checkpoints (their digest is; a changed model is refused on resume).
+    c.aux_models = ml_collections.ConfigDict()
+    # Reward-model ensembles: {name: {members: 'rm_a,rm_b', combine: 'mean' | 'min' |
+    # 'mean_minus_std', coef: lambda of mean - lambda * std}}.
+    c.reward_ensembles = ml_collections.ConfigDict()
+    # Rollout strategy: name '' uses the algorithm's own (default group sampling); otherwise a
+    # registered strategy (group_sampling, dynamic_sampling, greedy_baseline, best_of_n,
+    # multi_turn, ...) whose other fields here are its arguments (jaxrl_llm/rollout/strategies.py).
+    c.rollout = ml_collections.ConfigDict(dict(name=""))
 
     c.optimizer = ml_collections.ConfigDict(
         dict(

@@ -1,7 +1,8 @@
 """The jitted step functions of the trainer, algorithm-agnostic.
 
-`prepare(state, batch)` runs the passes the algorithm asks for (reference log-probs, pre-update
-log-probs, critic values) and its `transform` once per batch; `update(state, batch, rows)` takes
+`prepare(state, batch, aux)` runs the algorithm's passes (`Algorithm.passes`, plus `old_logp`
+when several updates per rollout need it) and its `transform` once per batch (`aux`: the
+frozen auxiliary models' params, name -> params); `update(state, batch, rows)` takes
 one optimiser step on the mini-batch `batch[rows]`, accumulating gradients over micro-batches
 with the mini-batch denominators, and refuses non-finite steps (parameters unchanged).
 """
@@ -15,11 +16,12 @@ import jax.numpy as jnp
 import optax
 
 from jaxrl_llm import lora, sharding
-from jaxrl_llm.algorithms.common import token_mean
 from jaxrl_llm.models.config import TransformerConfig
 from jaxrl_llm.models.transformer import remat_compiler_options
-from jaxrl_llm.train.forward import batch_policy_outputs, critic_values, loss_mask
-from jaxrl_llm.types import Algorithm, ModelOutputs, PreferenceBatch, Rollout
+from jaxrl_llm.objectives import loss_mask, token_mean
+from jaxrl_llm.train.forward import batch_policy_outputs, critic_values
+from jaxrl_llm.train.passes import old_policy_pass
+from jaxrl_llm.types import Algorithm, ModelOutputs, PassContext, PreferenceBatch, Rollout
 
 
 class TrainState(NamedTuple):
@@ -71,12 +73,9 @@ def state_shardings(state: TrainState, model_config: TransformerConfig, partitio
 
 
 def with_normalisers(batch):
-    """Adds the whole mini-batch's response-token and sequence counts to `batch.extras`."""
-    if isinstance(batch, PreferenceBatch):
-        tokens = jnp.sum(batch.chosen_mask) + jnp.sum(batch.rejected_mask)
-        seqs = batch.chosen_ids.shape[0]
-    else:
-        tokens, seqs = jnp.sum(batch.response_mask), batch.response_ids.shape[0]
+    """Adds the whole mini-batch's loss-mask token count and row count to `batch.extras`."""
+    tokens = jnp.sum(loss_mask(batch))
+    seqs = batch.chosen_ids.shape[0] if isinstance(batch, PreferenceBatch) else batch.response_ids.shape[0]
     extras = {
         **batch.extras,
         "num_tokens": jnp.maximum(tokens, 1).astype(jnp.float32),
@@ -118,6 +117,7 @@ def make_step_fns(
     microbatches: int,
     recompute_old_logp: bool,
     partitioning: sharding.Partitioning | None = None,
+    aux_models: dict | None = None,
     group_size: int = 1,
     grouped_update_rows: bool = False,
     donate_prepare: bool = False,
@@ -142,6 +142,9 @@ def make_step_fns(
     """
     has_critic = algorithm.value_objective is not None
     passes = algorithm.passes
+    if recompute_old_logp and not any(p.name == "old_logp" for p in passes):
+        passes = (*passes, old_policy_pass())
+    aux_models = aux_models or {}
     uses_dropout = model_config.lora is not None and model_config.lora.dropout > 0
 
     def outputs_of(params, batch, dropout_rng=None, grouped: bool = True) -> ModelOutputs:
@@ -154,19 +157,18 @@ def make_step_fns(
             model_config, params, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, dropout_rng
         )
 
-    def prepare(state: TrainState, batch):
-        if "reference" in passes:
-            ref = outputs_of(reference_params(state, model_config), batch).logp
-            if isinstance(batch, PreferenceBatch):
-                b = batch.chosen_ids.shape[0]
-                batch = batch._replace(ref_chosen_logps=ref[:b], ref_rejected_logps=ref[b:])
-            else:
-                batch = batch._replace(logp_ref=ref)
-        if isinstance(batch, Rollout):
-            if "old_logp" in passes or recompute_old_logp:
-                batch = batch._replace(logp_old=outputs_of(state.params, batch).logp)
-            if "critic" in passes:
-                batch = batch._replace(values=values_of(state.critic_params, batch))
+    def prepare(state: TrainState, batch, aux=None):
+        aux = {name: m._replace(params=(aux or {})[name]) for name, m in aux_models.items()}
+        ctx = PassContext(
+            params=state.params,
+            ref_params=reference_params(state, model_config),
+            critic_params=state.critic_params,
+            aux=aux,
+            policy_outputs=outputs_of,
+            critic_values=values_of,
+        )
+        for p in passes:
+            batch = p.run(ctx, batch)
         batch, algo_state = algorithm.transform.update(batch, state.algo_state)
         return batch, state._replace(algo_state=algo_state)
 
@@ -253,10 +255,20 @@ def make_step_fns(
     def state_of(state):
         return state_shardings(state, model_config, p)
 
+    def aux_of(aux):
+        return {
+            n: sharding.param_shardings(a, aux_models[n].config, p, aux_models[n].head)
+            for n, a in (aux or {}).items()
+        }
+
     prepare_sharded = sharding.ShardedJit(
         prepare,
         p,
-        in_shardings=lambda state, batch: (state_of(state), sharding.batch_shardings(batch, p)),
+        in_shardings=lambda state, batch, *aux: (
+            state_of(state),
+            sharding.batch_shardings(batch, p),
+            *map(aux_of, aux),
+        ),
         out_shardings=lambda out: (sharding.batch_shardings(out[0], p), state_of(out[1])),
         donate_argnums=0 if donate_prepare else (),
     )

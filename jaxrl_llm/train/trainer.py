@@ -1,9 +1,9 @@
 """The algorithm-agnostic trainer: `train(config, workdir)`.
 
 A run is a list of phases (an optional SFT warm-start, then the configured algorithm). Each step:
-prompts -> rollout (jitted KV-cache sampler) -> scores (host reward functions) -> the passes the
-algorithm asks for + its transform (`prepare`, jitted) -> epochs x mini-batches of `update`
-(jitted, gradient accumulation over micro-batches). Preference and supervised phases skip the
+prompts -> the algorithm's rollout strategy (host side: the jitted KV-cache sampler, reward
+sources, any re-sampling) -> its passes + transform (`prepare`, jitted) -> epochs x mini-batches
+of `update` (jitted, gradient accumulation over micro-batches). Preference and supervised phases skip the
 sampling. Metrics go to `workdir/metrics.jsonl` and TensorBoard; orbax checkpoints to
 `workdir/checkpoints/<phase>` every `train.checkpoint_every` steps and on SIGTERM; rerunning the
 same command resumes the same trajectory (data position and RNG are functions of the step).
@@ -32,17 +32,20 @@ from jaxrl_llm import distributed, lora, sharding
 from jaxrl_llm.algorithms import make_algorithm
 from jaxrl_llm.data import pipeline
 from jaxrl_llm.data.sources import make_source
+from jaxrl_llm.models.auxiliary import aux_record, check_aux_record, load_aux_models
 from jaxrl_llm.models.transformer import init_params
-from jaxrl_llm.rewards import score_completions
+from jaxrl_llm.rewards.models import RewardSources
 from jaxrl_llm.rollout.sampler import SamplingConfig, make_sampler
+from jaxrl_llm.rollout.strategies import PromptBatch, StrategyContext, group_sampling, make_strategy
 from jaxrl_llm.train import builders
 from jaxrl_llm.train.checkpoint import Checkpointer, save_on_sigterm
-from jaxrl_llm.train.evaluation import Evaluator, decode_responses
+from jaxrl_llm.train.evaluation import Evaluator
 from jaxrl_llm.train.metrics import MetricsWriter
 from jaxrl_llm.train.plots import plot_curves
 from jaxrl_llm.train.steps import TrainState, make_step_fns, reference_params, state_shardings
 from jaxrl_llm.transforms.base import InjectState
-from jaxrl_llm.types import Algorithm, PreferenceBatch, Rollout
+from jaxrl_llm.transforms.estimators import zero_variance_groups
+from jaxrl_llm.types import Algorithm, PreferenceBatch, Rollout, RolloutStrategy
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -117,19 +120,83 @@ def _phase_list(config, algorithm: Algorithm) -> list[Phase]:
 
 
 def validate_config(config, algorithm: Algorithm) -> None:
-    """Clear errors for option combinations that would otherwise fail deep inside JAX."""
+    """Clear errors for option combinations that would otherwise fail deep inside JAX. (The
+    split of the batch into mini- and micro-batches is checked on the batch `prepare` returns,
+    whose rows a strategy or transform may change: `check_batch_split`.)"""
     t = config.train
     if t.nonfinite not in ("stop", "skip"):
         raise ValueError(f"train.nonfinite={t.nonfinite!r}; use 'stop' or 'skip'")
     for field in ("steps", "batch_size", "epochs", "minibatches", "microbatches"):
         if t[field] < (0 if field == "steps" else 1):
             raise ValueError(f"train.{field}={t[field]} must be positive")
-    samples = config.sampling.num_samples if algorithm.data == "rollout" else 1
-    if (t.batch_size * samples) % (t.minibatches * t.microbatches):
+    unknown = sorted(
+        n[4:] for n in algorithm.needs() if n.startswith("aux:") and n[4:] not in config.get("aux_models", {})
+    )
+    if unknown:
         raise ValueError(
-            f"train.batch_size x sampling.num_samples = {t.batch_size * samples} rows do not split into "
-            f"train.minibatches={t.minibatches} x train.microbatches={t.microbatches} equal parts"
+            f"algorithm {config.algo.name!r} has passes that read auxiliary models {unknown}, which "
+            f"config.aux_models does not define (it has: {sorted(config.get('aux_models', {}))})"
         )
+
+
+def check_batch_split(batch, phase: Phase, microbatches: int) -> None:
+    """The rows of the batch the updates train on (after the strategy and the transform) must
+    split into phase.minibatches x train.microbatches equal parts."""
+    rows = batch.prompt_ids.shape[0]
+    parts = phase.minibatches * microbatches
+    if rows % parts:
+        kind = type(batch).__name__
+        raise ValueError(
+            f"the {phase.name} phase trains on {kind}s of {rows} rows (after the rollout strategy and the "
+            f"transform), which do not split into train.minibatches={phase.minibatches} x "
+            f"train.microbatches={microbatches} equal parts; change train.batch_size, "
+            "sampling.num_samples, train.minibatches or train.microbatches"
+        )
+
+
+def grouped_layout(batch, group_size: int) -> int:
+    """`group_size` when the rows of `batch` (a host or device Rollout) come in consecutive
+    blocks of `group_size` that share one prompt (the passes then run each prompt once),
+    else 1. Checked on the actual arrays, so strategies and transforms may reorder rows freely."""
+    if not isinstance(batch, Rollout) or group_size <= 1 or batch.prompt_ids.shape[0] % group_size:
+        return 1
+    ids, mask = (np.asarray(x) for x in sharding.to_host((batch.prompt_ids, batch.prompt_mask)))
+    n, p = ids.shape
+    blocks_ids, blocks_mask = (
+        ids.reshape(n // group_size, group_size, p),
+        mask.reshape(n // group_size, group_size, p),
+    )
+    same = (blocks_ids == blocks_ids[:, :1]).all() and (blocks_mask == blocks_mask[:, :1]).all()
+    return group_size if same else 1
+
+
+def rollout_metrics(rollout: Rollout) -> dict:
+    """Reward and length metrics of the batch the algorithm trains on (host numpy arrays)."""
+    rewards = np.asarray(rollout.rewards)
+    lengths = np.asarray(rollout.response_mask).sum(1)
+    metrics = {
+        "reward_mean": float(rewards.mean()),
+        "reward_std": float(rewards.std()),
+        "response_length": float(lengths.mean()),
+        **{k: float(np.mean(v)) for k, v in rollout.extras.items() if k.startswith("reward/")},
+    }
+    if rollout.group_ids is not None:
+        metrics["zero_variance_groups"] = float(zero_variance_groups(rewards, np.asarray(rollout.group_ids)))
+    if "finished" in rollout.extras:
+        metrics["finished_fraction"] = float(np.mean(rollout.extras["finished"]))
+    if rollout.loss_mask is not None:
+        metrics["loss_tokens_fraction"] = float(np.asarray(rollout.loss_mask).sum() / max(lengths.sum(), 1))
+    return metrics
+
+
+def resolve_strategy(config, algorithm: Algorithm) -> RolloutStrategy:
+    """`config.rollout.name` (its other fields the factory's arguments) when set, else the
+    algorithm's own strategy, else `group_sampling()`."""
+    rollout = config.get("rollout")
+    if rollout is not None and rollout.get("name"):
+        kwargs = {k: v for k, v in rollout.items() if k != "name" and v is not None}
+        return make_strategy(rollout.name, **kwargs)
+    return algorithm.strategy or group_sampling()
 
 
 class Trainer:
@@ -142,11 +209,27 @@ class Trainer:
         algo_kwargs = {k: v for k, v in config.algo.items() if k != "name"}
         self.algorithm = make_algorithm(config.algo.name, **algo_kwargs)
         validate_config(config, self.algorithm)
+        self.strategy = resolve_strategy(config, self.algorithm)
         self.model_config, self.init_params, self.tokenizer = builders.build_model(config)
+        self.partitioning = sharding.make_partitioning(config.mesh)  # None on one device: plain jit
+        self.aux_models = load_aux_models(config.get("aux_models"), config.model.dtype)
+        if self.partitioning is not None:  # sharded by their heads' logical axes, like the reference
+            self.aux_models = {
+                n: m._replace(
+                    params=sharding.to_global(
+                        m.params, sharding.param_shardings(m.params, m.config, self.partitioning, m.head)
+                    )
+                )
+                for n, m in self.aux_models.items()
+            }
+        self.reward_sources = None
+        if self.algorithm.data == "rollout":
+            self.reward_sources = RewardSources(
+                config.rewards, self.aux_models, config.get("reward_ensembles"), self.partitioning
+            )
         self.is_primary = distributed.is_primary()  # the process that writes files
         if self.is_primary:
             self.tokenizer.save(os.path.join(workdir, "tokenizer"))
-        self.reward_fns = builders.reward_functions(config.rewards)
         self.eval_reward = builders.reward_functions({config.eval.reward: 1.0})
         # One process at a time: concurrent first-use preparation of a TFDS dataset races.
         self.sources = distributed.primary_first(
@@ -163,8 +246,7 @@ class Trainer:
             stop_ids=() if s.ignore_eos else self.tokenizer.eos_ids,
             pad_id=self.tokenizer.pad_id,
         )
-        self.partitioning = sharding.make_partitioning(config.mesh)  # None on one device: plain jit
-        self.sampler = make_sampler(self.model_config, self.sampling, self.partitioning)
+        self._samplers: dict[SamplingConfig, Any] = {}
         self.phases = _phase_list(config, self.algorithm)
         self.evaluator = Evaluator(
             self.model_config,
@@ -177,7 +259,9 @@ class Trainer:
         )
         self.writer: MetricsWriter | None = None
         self.summary: dict[str, Any] = {}
-        self.step_fns: dict[str, tuple] = {}  # phase -> (prepare, update), for compile checks
+        self.step_fns: dict[str, tuple] = {}  # phase -> (prepare, update) last used, for compile checks
+        self._step_fn_cache: dict[tuple, tuple] = {}
+        self._checked_split: dict[str, bool] = {}
         self._last_tagged: int | None = None
         self.final_state: TrainState | None = None
 
@@ -257,7 +341,7 @@ class Trainer:
             # A copy: `update` donates the state's buffers, and params must not alias the reference.
             # Under LoRA the reference is the frozen base inside `params` (steps.reference_params).
             ref_params=jax.tree.map(jnp.copy, params)
-            if "reference" in algo.passes and not use_lora
+            if "reference" in algo.needs() and not use_lora
             else None,
             critic_params=critic_params,
             critic_opt_state=critic_opt,
@@ -305,6 +389,7 @@ class Trainer:
         latest = ckpt.latest_step()
         if latest is not None:
             state, meta = ckpt.restore(latest, abstract_state=state)
+            check_aux_record(meta.get("aux_models"), self.aux_models, f"{ckpt.directory}/{latest}")
             start = meta["phase_start"]
             if meta.get("done"):
                 print(f"[{phase.name}] already finished at step {int(state.step)} in this workdir; skipped")
@@ -323,25 +408,13 @@ class Trainer:
         self.writer = MetricsWriter(self.workdir, resume_step=global_step, active=self.is_primary)
         if latest is None:
             self._evaluate(phase, state, global_step, tag="before")
-        dataset = self._datasets(phase, cfg.seed + (1 if phase.name == "main" else 0))
-        prepare, update = make_step_fns(
-            phase.algorithm,
-            self.model_config,
-            phase.optimizer,
-            phase.critic_optimizer,
-            temperature=self.sampling.temperature,
-            microbatches=cfg.train.microbatches,
-            recompute_old_logp=phase.epochs * phase.minibatches > 1,
-            partitioning=self.partitioning,
-            # Rollout rows b * G + g share prompt b: the passes run each prompt once; the update
-            # too when its one mini-batch is every row in order.
-            group_size=self.sampling.num_samples if phase.algorithm.data == "rollout" else 1,
-            grouped_update_rows=phase.minibatches == 1,
-            donate_prepare=True,  # no copy of the state per step (the first one consumes init_params)
-        )
-        self.step_fns[phase.name] = (prepare, update)
+        seed = cfg.seed + (1 if phase.name == "main" else 0)
+        dataset = self._datasets(phase, seed)
+        # Extra prompts for strategies that draw more (dynamic sampling): another order of the
+        # same split, indexed by (step, round), so a resumed run draws the same ones.
+        extra = self._datasets(phase, seed + 7919) if phase.algorithm.data == "rollout" else None
         end = start + phase.steps
-        meta = {"phase": phase.name, "phase_start": start}
+        meta = {"phase": phase.name, "phase_start": start, "aux_models": aux_record(self.aux_models)}
         stop = False
         with tqdm(
             total=phase.steps,
@@ -351,7 +424,7 @@ class Trainer:
         ) as bar:
             while global_step < end and not stop:
                 t0 = time.perf_counter()
-                state, metrics = self._step(phase, state, dataset[global_step - start], prepare, update)
+                state, metrics = self._step(phase, state, dataset, extra, global_step - start)
                 global_step = int(state.step)
                 metrics["step_time"] = time.perf_counter() - t0
                 self.writer.write(global_step, metrics, phase=phase.name)
@@ -379,12 +452,40 @@ class Trainer:
         self.final_state = state
         return state.params, global_step
 
-    def _step(self, phase: Phase, state: TrainState, batch_np: dict, prepare, update):
+    def _step_fns(self, phase: Phase, group_size: int, grouped_update_rows: bool):
+        """(prepare, update) of `phase` for a batch layout, built once per layout."""
+        key = (phase.name, group_size, grouped_update_rows)
+        if key not in self._step_fn_cache:
+            self._step_fn_cache[key] = make_step_fns(
+                phase.algorithm,
+                self.model_config,
+                phase.optimizer,
+                phase.critic_optimizer,
+                temperature=self.sampling.temperature,
+                microbatches=self.config.train.microbatches,
+                recompute_old_logp=phase.epochs * phase.minibatches > 1,
+                partitioning=self.partitioning,
+                aux_models=self.aux_models,
+                group_size=group_size,
+                grouped_update_rows=grouped_update_rows,
+                donate_prepare=True,  # no copy of the state per step (the first one consumes init_params)
+            )
+        return self._step_fn_cache[key]
+
+    def _step(self, phase: Phase, state: TrainState, dataset, extra, index: int):
         cfg = self.config.train
         kind = phase.algorithm.data
+        batch_np = dataset[index]
         metrics: dict[str, float] = {}
         if kind == "rollout":
-            batch, metrics = self._rollout(state, batch_np)
+            t0 = time.perf_counter()
+            batch, ctx = self.collect(state, PromptBatch.from_dict(batch_np), extra, index)
+            metrics = {**rollout_metrics(batch), **batch.metrics, **ctx.times}
+            metrics["rollout_time"] = time.perf_counter() - t0
+            metrics["generation_tokens_per_s"] = float(np.asarray(batch.response_mask).sum()) / max(
+                ctx.times["sample_time"], 1e-9
+            )
+            batch = batch._replace(metrics={})
         elif kind == "supervised":
             batch = Rollout(
                 prompt_ids=batch_np["prompt_ids"],
@@ -399,7 +500,20 @@ class Trainer:
                 rejected_mask=batch_np["rejected_mask"],
             )
         t0 = time.perf_counter()
-        batch, state = prepare(state, batch)
+        g = grouped_layout(batch, self.sampling.num_samples)
+        prepare, _ = self._step_fns(phase, g, False)
+        aux = {n: m.params for n, m in self.aux_models.items()}
+        if not self._checked_split.get(phase.name):
+            check_batch_split(jax.eval_shape(prepare, state, batch, aux)[0], phase, cfg.microbatches)
+            self._checked_split[phase.name] = True
+        batch, state = prepare(state, batch, aux)
+        metrics.update({k: float(v) for k, v in jax.device_get(batch.metrics).items()})
+        batch = batch._replace(metrics={})
+        # The update runs each prompt once too when its one mini-batch is every row in order
+        # and those rows still come in groups (a transform may have changed them).
+        grouped = phase.minibatches == 1 and g > 1 and grouped_layout(batch, g) == g
+        update = self._step_fns(phase, g, grouped)[1]
+        self.step_fns[phase.name] = (prepare, update)
         rows = batch.prompt_ids.shape[0]
         per_update = rows // phase.minibatches
         step_rng = jax.random.fold_in(state.rng, int(state.step))
@@ -434,44 +548,44 @@ class Trainer:
                 metrics[f"hparam/{k}"] = float(v)
         return state, metrics
 
-    def _rollout(self, state: TrainState, batch_np: dict) -> tuple[Rollout, dict]:
-        """Samples G responses per prompt and scores them on the host."""
-        t0 = time.perf_counter()
-        g = self.sampling.num_samples
-        rng = jax.random.fold_in(jax.random.fold_in(state.rng, int(state.step)), 0)
-        out = self.sampler(state.params, batch_np["prompt_ids"], batch_np["prompt_mask"], rng)
-        # Every process scores the whole rollout: the same rewards as one process would give.
-        ids, mask = sharding.to_host((out.response_ids, out.response_mask))
-        sample_time = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        completions, finished = decode_responses(self.tokenizer, ids, mask, self.sampling.stop_ids)
-        prompts = np.repeat(batch_np["prompts"], g)
-        answers = np.repeat(batch_np["answers"], g)
-        rewards, per_fn = score_completions(self.reward_fns, prompts, completions, answers, finished)
-        score_time = time.perf_counter() - t1
-        group_rewards = rewards.reshape(-1, g)
-        lengths = mask.sum(1)
-        metrics = {
-            "reward_mean": float(rewards.mean()),
-            "reward_std": float(rewards.std()),
-            **{f"reward/{name}": float(v.mean()) for name, v in per_fn.items()},
-            "zero_variance_groups": float(np.mean(group_rewards.max(1) == group_rewards.min(1))),
-            "response_length": float(lengths.mean()),
-            "finished_fraction": float(np.mean(finished)),
-            "sample_time": sample_time,
-            "score_time": score_time,
-            "generation_tokens_per_s": float(lengths.sum() / max(sample_time, 1e-9)),
-        }
-        rollout = Rollout(
-            prompt_ids=np.repeat(batch_np["prompt_ids"], g, axis=0),
-            prompt_mask=np.repeat(batch_np["prompt_mask"], g, axis=0),
-            response_ids=out.response_ids,
-            response_mask=out.response_mask,
-            group_ids=out.group_ids,
-            logp_behav=out.logprobs,
-            rewards=np.asarray(rewards, np.float32),
+    def sampler(self, **overrides):
+        """The jitted sampler of `SamplingConfig` = config.sampling with `overrides` (built once each)."""
+        config = dataclasses.replace(self.sampling, **overrides)
+        if config not in self._samplers:
+            self._samplers[config] = make_sampler(self.model_config, config, self.partitioning)
+        return self._samplers[config]
+
+    def _sample(self, params, prompt_ids, prompt_mask, rng, **overrides):
+        out = self.sampler(**overrides)(params, prompt_ids, prompt_mask, rng)
+        # Every process gets the whole rollout: the same rewards and strategy decisions everywhere.
+        return type(out)(*sharding.to_host(tuple(out)))
+
+    def collect(
+        self, state: TrainState, prompts: PromptBatch, extra=None, index: int = 0
+    ) -> tuple[Rollout, StrategyContext]:
+        """The strategy's Rollout for the step `state.step` (host arrays) and its context."""
+        step = int(state.step)
+        rounds_per_step = 64  # extra prompt batches addressable per step
+
+        def extra_prompts(round_index: int) -> PromptBatch:
+            if extra is None or not 1 <= round_index < rounds_per_step:
+                raise ValueError(f"extra_prompts(round={round_index}): rounds are 1..{rounds_per_step - 1}")
+            return PromptBatch.from_dict(extra[index * rounds_per_step + round_index])
+
+        ctx = StrategyContext(
+            params=state.params,
+            step=step,
+            num_samples=self.sampling.num_samples,
+            sampling=self.sampling,
+            tokenizer=self.tokenizer,
+            aux=self.aux_models,
+            sample_fn=self._sample,
+            score_fn=self.reward_sources,
+            extra_prompts=extra_prompts,
         )
-        return rollout, metrics
+        rng = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0)
+        rollout = self.strategy.collect(ctx, prompts, rng)
+        return rollout, ctx
 
     def _evaluate(self, phase: Phase, state: TrainState, step: int, tag: str | None = None) -> dict:
         """Periodic evaluation (tag None) on `phase.eval_split` (greedy only during SFT: the
@@ -501,7 +615,7 @@ class Trainer:
             ("SFT warm-start loss", [("sft", "nll")]),
             (
                 "training reward",
-                [("main", "reward_mean")] + [("main", f"reward/{n}") for n, _, _ in self.reward_fns],
+                [("main", "reward_mean")] + [("main", f"reward/{n}") for n in self.config.rewards],
             ),
             (
                 "held-out accuracy",

@@ -57,8 +57,27 @@ def is_static_zero(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 0
 
 
+class Schedule(NamedTuple):
+    """A hyper-parameter that changes with the step: `schedule(optax.linear_schedule(0.04, 0, 500))`.
+
+    Only values wrapped like this are scheduled by `inject_hyperparams` / `make_algorithm`;
+    any other callable (an environment, a reward function, a predicate) is passed to the
+    factory unchanged.
+    """
+
+    fn: Callable[[Any], Any]
+
+    def __call__(self, step):
+        return self.fn(step)
+
+
+def schedule(fn: Callable[[Any], Any]) -> Schedule:
+    """Marks `fn(step) -> value` as a scheduled hyper-parameter (see `Schedule`)."""
+    return fn if isinstance(fn, Schedule) else Schedule(fn)
+
+
 class InjectState(NamedTuple):
-    """State of an algorithm built by `inject_hyperparams`.
+    """State of an algorithm built by `inject_hyperparams` with at least one `Schedule`.
 
     count: int32 scalar, number of batches transformed so far (the schedules' step).
     hyperparams: dict name -> float32 scalar, the scheduled values for the current batch.
@@ -73,17 +92,23 @@ class InjectState(NamedTuple):
 def inject_hyperparams(factory: Callable[..., Algorithm]) -> Callable[..., Algorithm]:
     """Wraps an `Algorithm` factory so scheduled hyper-parameters live in the state as arrays.
 
-    `inject_hyperparams(grpo)(beta=optax.linear_schedule(0.04, 0.0, 500), clip_eps=0.2)`: every
-    callable argument (a schedule `step -> value`, e.g. an optax schedule) becomes an entry of
-    `InjectState.hyperparams`, evaluated at `count` in each `transform.update`; the objective
-    reads the current value from the state, so a schedule never recompiles. Other arguments
-    (numbers, strings, None) are compile-time constants: a constant 0 removes its term (see
-    `is_static_zero`). The factory is re-run inside the traced functions with array values for
-    the scheduled arguments, so it must only branch on them through `is_static_zero`.
+    `inject_hyperparams(grpo)(beta=schedule(optax.linear_schedule(0.04, 0.0, 500)), clip_eps=0.2)`:
+    every `Schedule` argument becomes an entry of `InjectState.hyperparams`, evaluated at
+    `count` in each `transform.update`; the objective reads the current value from the state,
+    so a schedule never recompiles. Other arguments (numbers, strings, None, functions) are
+    compile-time constants: a constant 0 removes its term (see `is_static_zero`).
+
+    Without a `Schedule` the factory is called exactly once and its `Algorithm` returned as is.
+    With one, it is called once for the template (strategy, passes, data kind), and again
+    whenever `update` / `objective` are traced (at compile time, not per step) with array
+    values for the scheduled arguments, so it must be a pure function that branches on them
+    only through `is_static_zero`.
     """
 
     def make(**kwargs) -> Algorithm:
-        schedules = {k: v for k, v in kwargs.items() if callable(v)}
+        schedules = {k: v for k, v in kwargs.items() if isinstance(v, Schedule)}
+        if not schedules:
+            return factory(**kwargs)
         template = factory(**{**kwargs, **{k: jnp.asarray(v(0), jnp.float32) for k, v in schedules.items()}})
 
         def build(hyperparams):

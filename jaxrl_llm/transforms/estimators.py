@@ -103,6 +103,31 @@ def rloo_advantages(rewards: Array, group_ids: Array) -> Array:
     return jnp.where(stats.count == 1, rewards, advantages)
 
 
+def reinforce_pp_baseline_rewards(rewards: Array, group_ids: Array) -> Array:
+    """Group-mean-centred sequence rewards of REINFORCE++-baseline. [B], [B] int -> [B].
+
+        R'_i = R_i − mean_g(R)
+
+    As verl's ``compute_reinforce_plus_plus_baseline_outcome_advantage``, a single-sample
+    group uses a baseline of 0, so R' = R; a group whose rewards are all equal gets exactly 0.
+    To build the REINFORCE++-baseline advantage compose
+    ``masked_whiten(reinforce_pp_returns(reinforce_pp_baseline_rewards(R, ids), mask), mask)``:
+    with γ = 1 and no token rewards this equals verl's advantage (which broadcasts R' to every
+    valid token and then applies its Bessel-corrected ``masked_whiten``: pass
+    ``unbiased=True`` to match it exactly; OpenRLHF's "reinforce_baseline" uses the
+    population variance, the default).
+
+    Paper: REINFORCE++, arXiv 2501.03262.
+
+    Example:
+      >>> reinforce_pp_baseline_rewards(jnp.array([1.0, 0, 0, 0]), jnp.zeros(4, jnp.int32))  # [.75, −.25, −.25, −.25]
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    stats = _group_stats(rewards, group_ids)
+    centred = jnp.where(stats.constant, 0.0, rewards - stats.mean)
+    return jnp.where(stats.count == 1, rewards, centred)
+
+
 def zero_variance_groups(rewards: Array, group_ids: Array) -> Array:
     """Fraction of groups whose rewards are all equal (each group counted once). [B], [B] -> scalar.
 
@@ -169,6 +194,97 @@ def gae(
     advantages = advantages.T
     returns = jnp.where(mask, advantages + values, 0.0)
     return advantages, returns
+
+
+def discounted_returns(token_rewards: Array, mask: Array, gamma: float = 1.0) -> Array:
+    """Discounted reward-to-go over the mask-1 tokens. [B, T], [B, T] -> [B, T].
+
+        G_t = r_t + γ·G_{t'},   t' = the next mask-1 token after t (G = 0 after the last one)
+
+    Masked positions (right padding and masked gaps inside a response, e.g. tool-observation
+    tokens of a multi-turn response) are skipped: they neither receive nor pass on a discount
+    step, so the discount counts valid tokens only; rewards there are ignored and the output
+    there is 0. Computed as ``gae`` with V ≡ 0 and λ = 1 (one reverse `lax.scan` over T).
+
+    On right-padded masks this equals OpenRLHF's ``get_cumulative_returns`` and verl's
+    REINFORCE++ return loop (``compute_reinforce_plus_plus_outcome_advantage``). They differ
+    on masked gaps: OpenRLHF zeroes the gap rewards but still discounts across the gap, verl
+    restarts the return at a masked position.
+
+    Paper: REINFORCE, Williams (1992); REINFORCE++, arXiv 2501.03262.
+
+    Example (a masked gap in the middle):
+      >>> discounted_returns(jnp.array([[0.0, 5, 1]]), jnp.array([[1, 0, 1]]), gamma=0.5)  # [[0.5, 0, 1]]
+    """
+    return gae(token_rewards, jnp.zeros_like(jnp.asarray(token_rewards, jnp.float32)), mask, gamma, 1.0)[0]
+
+
+def reinforce_pp_returns(
+    rewards: Array, mask: Array, gamma: float = 1.0, token_rewards: Array | None = None
+) -> Array:
+    """REINFORCE++ token returns. [B], [B, T] (, [B, T]) -> [B, T].
+
+        r_t = 1[t = last mask-1 token]·R + token_rewards_t,   G_t = discounted_returns(r, mask, γ)
+
+    ``token_rewards`` are optional dense rewards, typically the KL-in-reward term
+    −β·KL_t(π_old‖π_ref) (see ``kl_estimate``); with None only R is placed. The REINFORCE++
+    advantage is then the global batch whitening ``masked_whiten(G, mask)`` (population
+    variance as OpenRLHF; ``unbiased=True`` as verl), applied separately. For
+    REINFORCE++-baseline pass ``reinforce_pp_baseline_rewards(R, group_ids)`` as ``rewards``.
+
+    Paper: REINFORCE++, arXiv 2501.03262; reference implementations: OpenRLHF
+    ``get_cumulative_returns`` (estimator "reinforce"), verl
+    ``compute_reinforce_plus_plus_outcome_advantage`` (see ``discounted_returns`` for how
+    masked gaps are treated).
+
+    Example (two responses, lengths 1 and 3):
+      >>> mask = jnp.array([[1, 0, 0], [1, 1, 1]])
+      >>> g = reinforce_pp_returns(jnp.array([1.0, 0.0]), mask)  # [[1, 0, 0], [0, 0, 0]]
+      >>> masked_whiten(g, mask)  # [[1.7321, 0, 0], [−0.5774, −0.5774, −0.5774]]
+    """
+    dense = last_token_rewards(rewards, mask)
+    if token_rewards is not None:
+        dense = dense + jnp.asarray(token_rewards, jnp.float32)
+    return discounted_returns(dense, mask, gamma)
+
+
+def remax_advantages(
+    rewards: Array,
+    baseline_rewards: Array,
+    mask: Array,
+    clip: float | None = 5.0,
+    gamma: float = 1.0,
+    token_rewards: Array | None = None,
+) -> Array:
+    """ReMax per-token advantages (greedy-response baseline). [B], [B], [B, T] (, [B, T]) -> [B, T].
+
+        Â   = clip(R − R_greedy, −c, c)                   (``clip=None``: no clipping)
+        G_t = γ^{n_t}·Â + token_rewards_t,   n_t = number of mask-1 tokens from t to the end, t included
+
+    ``baseline_rewards`` is the reward of the greedy response to the same prompt. The discount
+    follows the official code (liziniu/ReMax ``step3_rlhf_finetuning/remax_trainer.py``,
+    ``compute_returns``), which multiplies the clipped reward by γ once per response token
+    including the last, so the last token gets γ·Â; masked tokens are not counted. As there,
+    ``token_rewards`` (typically −β·(logp_old − logp_ref), the KL-in-reward term) enter
+    per token, **not** accumulated over later tokens. Output is 0 at masked positions.
+    Defaults c = 5, γ = 1 are the official code's. verl's ``compute_remax_outcome_advantage``
+    does not clip or discount and accumulates token rewards (reverse cumsum); with
+    ``clip=None``, γ = 1 and no token rewards the two agree.
+
+    Paper: ReMax, arXiv 2310.10505.
+
+    Example:
+      >>> remax_advantages(jnp.array([0.8]), jnp.array([0.5]), jnp.array([[1, 1, 0]]))  # [[0.3, 0.3, 0]]
+    """
+    valid = jnp.asarray(mask, jnp.float32) > 0
+    advantage = jnp.asarray(rewards, jnp.float32) - jnp.asarray(baseline_rewards, jnp.float32)
+    if clip is not None:
+        advantage = jnp.clip(advantage, -clip, clip)
+    steps = jnp.cumsum(valid[:, ::-1].astype(jnp.float32), axis=-1)[:, ::-1]  # n_t
+    returns = jnp.power(jnp.asarray(gamma, jnp.float32), steps) * advantage[:, None]
+    if token_rewards is not None:
+        returns = returns + jnp.asarray(token_rewards, jnp.float32)
+    return jnp.where(valid, returns, 0.0)
 
 
 def masked_whiten(
