@@ -2,7 +2,7 @@
 
 from setuptools import find_packages, setup
 
-# Ranges are the ones measured to work together on Python 3.11 (see shared/DESIGN.md §4).
+# Ranges are the ones measured to work together on Python 3.11 (docs/architecture.md, "Platform").
 # TensorFlow is deliberately absent: TFDS is used only through array_record data sources.
 INSTALL_REQUIRES = [
     "jax>=0.10.2,<0.11",
@@ -26,8 +26,8 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.9,<4",  # the reward/accuracy curves every training run writes
 ]
 
-# torch is pinned to the CPU wheel that lies on the project machine's disk: an unpinned
-# torch (asked for directly or by transformers/trl) pulls a multi-GB CUDA build.
+# torch is pinned to a CPU-only release for the parity tests and benchmarks: an unpinned torch
+# (asked for directly or by transformers/trl) resolves to a multi-GB CUDA build on Linux.
 TORCH = "torch==2.13.0"
 
 NOTEBOOKS = ["ipykernel>=6.29,<8", "nbclient>=0.10,<1", "nbformat>=5.10,<6"]

@@ -6,7 +6,7 @@ sampling at temperature 1 with no top-k/top-p, EOS disabled so both produce exac
 one warm-up (which includes our compile) is reported. Also times group sampling (prompts x G
 samples; ours prefills each prompt once, HF uses num_return_sequences).
 
-    python experiments/bench_generate.py                  # both sizes of DESIGN.md §4
+    python experiments/bench_generate.py                  # both sizes of experiments/README.md
     python experiments/bench_generate.py --sizes=small --repeats=5
 """
 

@@ -255,7 +255,7 @@ def _analyse_our_step(trainer, spec, prompts, records, times, np, jax, Rollout) 
     state = trainer.final_state
     prepare, update = trainer.step_fns["main"]
     ids, mask = trainer.tokenizer.encode_batch(prompts, max_length=p)
-    out = trainer.sampler(state.params, ids, mask, jax.random.PRNGKey(1000))
+    out = trainer.sampler()(state.params, ids, mask, jax.random.PRNGKey(1000))
     rollout = Rollout(
         prompt_ids=np.repeat(ids, g, axis=0),
         prompt_mask=np.repeat(mask, g, axis=0),

@@ -17,7 +17,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jaxrl_llm.distributed import initialize_distributed
-from jaxrl_llm.rollout.demo import run_sampling
+from jaxrl_llm.sample_job import run_sampling
 from jaxrl_llm.train.trainer import Interrupted, train
 
 JOBS = {"sample": run_sampling, "train": train}

@@ -26,7 +26,7 @@ same table. The mesh may span processes (`jaxrl_llm.distributed`): host values e
 it with `to_host` (an all-gather when other processes hold shards).
 
 Why one rule per logical axis (correctness; measured on JAX 0.10.2, XLA:CPU, 8 fake devices).
-The trap of DESIGN.md section 4 is a contraction whose two operands shard the contracted
+The XLA:CPU trap (docs/architecture.md, "Sharding") is a contraction whose two operands shard the contracted
 dimension on *different* mesh axes while the batch is on 'fsdp': in a two-matmul MLP with both
 weights P('fsdp', 'tensor') and the batch on ('data', 'fsdp'), the hidden state's features sit
 on 'tensor' (w1's output) and w2's rows on 'fsdp'; forward and loss are right, gradients ~60%

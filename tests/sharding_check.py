@@ -114,7 +114,7 @@ def initial_state(algorithm, params, critic_params=None) -> TrainState:
         opt_state=optimizer().init(params),
         algo_state=algorithm.transform.init(),
         rng=jax.random.PRNGKey(0),
-        ref_params=jax.tree.map(lambda x: x * 0.9, params) if "reference" in algorithm.passes else None,
+        ref_params=jax.tree.map(lambda x: x * 0.9, params) if "reference" in algorithm.needs() else None,
         critic_params=critic_params,
         critic_opt_state=None if critic_params is None else optimizer().init(critic_params),
     )

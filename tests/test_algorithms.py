@@ -1,5 +1,5 @@
-"""Algorithm factories, registry, composition and hyper-parameter injection (golden values from
-shared/reference/rl_algorithms.md and preference_algorithms.md)."""
+"""Algorithm factories, registry, composition and hyper-parameter injection (golden values from the papers
+and their reference implementations, cited in each function's docstring)."""
 
 import math
 
@@ -60,7 +60,7 @@ def test_register_refuses_silent_overwrite():
 
 
 def test_grpo_golden_token_loss():
-    # rl_algorithms.md §2: rewards [1,0,0,0] -> A = [1.5, -.5, -.5, -.5]; on-policy token with
+    # GRPO golden (DeepSeekMath, verl): rewards [1,0,0,0] -> A = [1.5, -.5, -.5, -.5]; on-policy token with
     # A = 1.5, pi = 0.5, pi_ref = 0.4, beta = 0.04 -> l = -1.5 + 0.04 * 0.023144 = -1.499074.
     algo = make_algorithm("grpo", beta=0.04)
     batch = rollout([1.0, 0.0, 0.0, 0.0], np.ones((4, 1)))
@@ -84,7 +84,7 @@ def test_dr_grpo_advantages_and_aggregation():
 
 
 def test_ppo_transform_chain_matches_gae_golden():
-    # rl_algorithms.md §1 test (a): r = [0, 0, 1], V = [.5, .6, .7], gamma 1, lam .95.
+    # PPO-RLHF golden (MOSS-RLHF GAE): r = [0, 0, 1], V = [.5, .6, .7], gamma 1, lam .95.
     algo = make_algorithm("ppo", kl_coef=0.0, whiten=False)
     assert [p.name for p in algo.passes] == ["critic"] and algo.value_objective is not None
     batch = rollout([1.0], np.ones((1, 3)), values=jnp.asarray([[0.5, 0.6, 0.7]]))
@@ -121,7 +121,7 @@ def test_running_reward_normalisation_state_carries_across_batches():
 
 
 def test_dpo_golden_loss_and_metrics():
-    # preference_algorithms.md §1 toy pair -> 0.620957; one token per completion.
+    # DPO golden toy pair -> 0.620957; one token per completion.
     algo = make_algorithm("dpo", beta=0.1)
     ones = jnp.ones((1, 1), jnp.int32)
     batch = PreferenceBatch(

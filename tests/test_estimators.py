@@ -1,4 +1,4 @@
-"""Golden values (reference spec rl_algorithms.md §0-3, §7, §8) for jaxrl_llm.transforms.estimators."""
+"""Golden values (the papers and verl/OpenRLHF/ReMax reference code cited in each docstring) for jaxrl_llm.transforms.estimators."""
 
 import jax
 import jax.numpy as jnp

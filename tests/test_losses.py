@@ -1,4 +1,4 @@
-"""Golden values (reference specs rl_algorithms.md §0-3, preference_algorithms.md §1) for jaxrl_llm.losses."""
+"""Golden values (the papers and verl reference code cited in each docstring) for jaxrl_llm.losses."""
 
 import math
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import jax
+import ml_collections
 import optax
 
 from jaxrl_llm.data.tokenizer import Tokenizer, char_tokenizer, load_tokenizer
-from jaxrl_llm.models.config import LoraConfig, TransformerConfig
+from jaxrl_llm.models.config import LoraConfig, TransformerConfig, from_hf_config
 from jaxrl_llm.models.hf import load_checkpoint
 from jaxrl_llm.models.transformer import init_params
 from jaxrl_llm.rewards import get_reward
@@ -48,16 +52,7 @@ def build_model(config) -> tuple[TransformerConfig, dict, Tokenizer]:
         tokenizer = load_tokenizer(m.checkpoint)
     else:
         tokenizer = char_tokenizer(config.tokenizer.alphabet)
-        shape = {k: m[k] for k in MODEL_SHAPE_FIELDS if k in m and m[k] is not None}
-        model_config = TransformerConfig(
-            vocab_size=tokenizer.vocab_size,
-            dtype=m.dtype,
-            eos_token_id=tokenizer.eos_ids,
-            pad_token_id=tokenizer.pad_id,
-            bos_token_id=tokenizer.bos_id,
-            **memory,
-            **shape,
-        )
+        model_config = _random_model_config(m, tokenizer, m.dtype, **memory)
         params = init_params(model_config, jax.random.PRNGKey(config.seed))
     if tokenizer.vocab_size > model_config.vocab_size:
         raise ValueError(
@@ -65,6 +60,49 @@ def build_model(config) -> tuple[TransformerConfig, dict, Tokenizer]:
             f"embeddings: checkpoint {m.checkpoint!r} and its tokenizer do not belong together"
         )
     return model_config, params, tokenizer
+
+
+def _random_model_config(m, tokenizer: Tokenizer, dtype: str, **memory) -> TransformerConfig:
+    """The TransformerConfig of a random model of the shape in `config.model` (`m`)."""
+    shape = {k: m[k] for k in MODEL_SHAPE_FIELDS if k in m and m[k] is not None}
+    return TransformerConfig(
+        vocab_size=tokenizer.vocab_size,
+        dtype=dtype,
+        eos_token_id=tokenizer.eos_ids,
+        pad_token_id=tokenizer.pad_id,
+        bos_token_id=tokenizer.bos_id,
+        **memory,
+        **shape,
+    )
+
+
+def model_config_from_run(run_dir: str, dtype: str | None = None) -> TransformerConfig:
+    """The TransformerConfig `build_model` built for the run in `run_dir`, from its
+    `config.json` snapshot, without loading or initialising parameters (auxiliary models
+    from an earlier run's orbax checkpoints). `dtype` replaces the run's `model.dtype`; the
+    run's LoRA adapters are kept (they are in its checkpoints), remat is off (frozen model).
+    """
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"no config.json in {run_dir!r}: an orbax checkpoint step directory must lie in "
+            "<workdir>/checkpoints/<phase>/<step> of a run whose workdir holds its config.json snapshot"
+        )
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    m = config.model
+    dtype = dtype or m.dtype
+    lora = lora_config(m)
+    if m.checkpoint:
+        hf_path = os.path.join(m.checkpoint, "config.json")
+        if not os.path.isfile(hf_path):
+            raise FileNotFoundError(
+                f"{path}: model.checkpoint={m.checkpoint!r} has no config.json (the run's base model "
+                "gives the shape of its checkpoints)"
+            )
+        with open(hf_path) as f:
+            return from_hf_config(json.load(f), dtype=dtype, lora=lora)
+    return _random_model_config(m, char_tokenizer(config.tokenizer.alphabet), dtype, lora=lora)
 
 
 def make_schedule(learning_rate: float, schedule: str, warmup_steps: int, total_steps: int):

@@ -1,4 +1,6 @@
-"""The sampling demo job: load or build a model, group-sample prompts, report throughput."""
+"""The sampling job (`config.job = "sample"`): build or load a model from the config, group-sample
+prompts with the jitted sampler, report throughput. It sits beside the trainer (both turn a config
+into objects with `train.builders`), above the sampler layer it uses."""
 
 from __future__ import annotations
 
