@@ -203,3 +203,56 @@ def test_inject_hyperparams_wraps_any_factory():
     _, state = algo.transform.update(None, state)
     loss, _ = algo.objective(ModelOutputs(logp=jnp.ones(3)), None, state)
     assert float(loss) == 9.0  # coef(1) = 3 for the second batch
+
+
+def test_only_marked_schedules_are_scheduled_and_the_factory_runs_once():
+    calls = []
+
+    def factory(coef: float = 1.0, env=None):
+        calls.append(coef)
+        return Algorithm("rollout", identity(), lambda o, b, s: (coef * env(jnp.sum(o.logp)), {}))
+
+    algo = inject_hyperparams(factory)(coef=2.0, env=lambda x: x + 1)  # a plain callable: unchanged
+    assert len(calls) == 1 and not isinstance(algo.transform.init(), InjectState)
+    loss, _ = algo.objective(ModelOutputs(logp=jnp.ones(3)), None, ())
+    assert float(loss) == 8.0
+
+
+def test_transform_goldens_remax_reinforce_pp_and_bessel_whitening():
+    from jaxrl_llm.transforms.rollout import reinforce_pp_advantages, remax_advantages, whiten_advantages
+
+    # ReMax golden: R = 0.8, greedy R = 0.5, no KL -> advantage 0.3 on every loss token.
+    batch = rollout([0.8], [[1, 1, 0]], extras={"baseline_rewards": jnp.asarray([0.5])})
+    out, _ = remax_advantages().update(batch, ())
+    np.testing.assert_allclose(out.advantages, [[0.3, 0.3, 0.0]], atol=1e-6)
+    with pytest.raises(ValueError, match=r"extras\['baseline_rewards'\].*greedy_baseline"):
+        remax_advantages().update(rollout([0.8], [[1, 1, 0]]), ())
+    # REINFORCE++ golden: lengths 1 and 3, R = [1, 0] -> returns [1 | 0 0 0] -> population whitening.
+    batch = rollout([1.0, 0.0], [[1, 0, 0], [1, 1, 1]], group_ids=[0, 1])
+    out, _ = reinforce_pp_advantages().update(batch, ())
+    np.testing.assert_allclose(out.advantages, [[1.7320508, 0, 0], [-0.5773503] * 3], atol=1e-5)
+    out, _ = whiten_advantages(unbiased=True).update(batch._replace(advantages=out.returns), ())
+    np.testing.assert_allclose(out.advantages, [[1.5, 0, 0], [-0.5] * 3], atol=1e-5)  # verl's Bessel form
+
+
+def test_transforms_report_metrics_and_respect_the_loss_mask():
+    batch = rollout(
+        [1.0], [[1, 1, 1]], logp_old=jnp.log(jnp.full((1, 3), 0.5)), logp_ref=jnp.log(jnp.full((1, 3), 0.4)),
+        loss_mask=jnp.asarray([[1.0, 0.0, 1.0]]),
+    )  # fmt: skip
+    out, _ = chain(kl_penalty_in_reward(0.1), reward_to_tokens()).update(batch, ((), ()))
+    k1 = math.log(0.5 / 0.4)
+    np.testing.assert_allclose(out.metrics["kl_in_reward"], k1, rtol=1e-5)
+    np.testing.assert_allclose(out.token_rewards[0], [-0.1 * k1, 0.0, 1.0 - 0.1 * k1], atol=1e-6)
+    algo = make_algorithm("grpo", beta=0.0)
+    out, _ = algo.transform.update(rollout([1.0, 0.0], [[1, 1, 1]] * 2, loss_mask=jnp.asarray([[1.0, 0, 1]] * 2)), ())
+    assert out.advantages[:, 1].tolist() == [0.0, 0.0]  # an attended token without loss gets no advantage
+
+
+def test_batch_split_is_checked_on_the_batch_the_transform_returns():
+    from jaxrl_llm.train.trainer import Phase, check_batch_split
+
+    phase = Phase("main", make_algorithm("grpo"), 1, 4, None, None, minibatches=2)
+    check_batch_split(rollout(np.zeros(8), np.ones((8, 2))), phase, microbatches=2)
+    with pytest.raises(ValueError, match=r"6 rows.*train.minibatches=2 x train.microbatches=2"):
+        check_batch_split(rollout(np.zeros(6), np.ones((6, 2))), phase, microbatches=2)

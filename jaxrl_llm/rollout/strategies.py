@@ -55,6 +55,19 @@ class PromptBatch(NamedTuple):
         return PromptBatch(*(np.repeat(x, g, axis=0) for x in self))
 
 
+def decode_responses(
+    tokenizer, ids: np.ndarray, mask: np.ndarray, stop_ids, loss_mask: np.ndarray | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Response rows [N, T] -> (completion texts without the stop token, finished flags [N]).
+    With `loss_mask`, only its positions are decoded (a multi-turn row's model turns)."""
+    is_stop = np.isin(ids, np.asarray(tuple(stop_ids) or (-1,))) & (mask == 1)
+    keep = (mask == 1) & ~is_stop
+    if loss_mask is not None:
+        keep &= np.asarray(loss_mask) > 0
+    completions = tokenizer.batch_decode([row[k].tolist() for row, k in zip(ids, keep, strict=True)])
+    return completions, is_stop.any(axis=1)
+
+
 class Scores(NamedTuple):
     """rewards [N] float32: the weighted total of every source; per_source: name -> [N] raw values."""
 
@@ -94,14 +107,9 @@ class StrategyContext:
 
     def decode(self, response_ids, response_mask, loss_mask=None) -> tuple[list[str], np.ndarray]:
         """(texts of the loss-mask tokens without stop tokens, finished flags [N])."""
-        stop = np.isin(response_ids, np.asarray(self.sampling.stop_ids or (-1,))) & (response_mask == 1)
-        keep = (response_mask == 1) & ~stop
-        if loss_mask is not None:
-            keep &= loss_mask > 0
-        texts = self.tokenizer.batch_decode(
-            [row[k].tolist() for row, k in zip(response_ids, keep, strict=True)]
+        return decode_responses(
+            self.tokenizer, response_ids, response_mask, self.sampling.stop_ids, loss_mask
         )
-        return texts, stop.any(axis=1)
 
     def score(
         self, prompts: PromptBatch, response_ids, response_mask, completions=None, finished=None

@@ -13,15 +13,8 @@ from jaxrl_llm.data import pipeline
 from jaxrl_llm.losses.preference import sequence_logps
 from jaxrl_llm.rewards import score_completions
 from jaxrl_llm.rollout.sampler import SamplingConfig, make_sampler
+from jaxrl_llm.rollout.strategies import decode_responses
 from jaxrl_llm.train.forward import policy_outputs
-
-
-def decode_responses(tokenizer, ids: np.ndarray, mask: np.ndarray, stop_ids) -> tuple[list[str], np.ndarray]:
-    """Response rows [N, T] -> (completion texts without the stop token, finished flags [N])."""
-    is_stop = np.isin(ids, np.asarray(tuple(stop_ids) or (-1,))) & (mask == 1)
-    keep = (mask == 1) & ~is_stop
-    completions = tokenizer.batch_decode([row[k].tolist() for row, k in zip(ids, keep, strict=True)])
-    return completions, is_stop.any(axis=1)
 
 
 def pass_at_k(num_samples: int, num_correct: np.ndarray, k: int) -> np.ndarray:
