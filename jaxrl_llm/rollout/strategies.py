@@ -98,11 +98,13 @@ class StrategyContext:
     score_fn: Callable
     extra_prompts: Callable[[int], PromptBatch]
     times: dict = dataclasses.field(default_factory=lambda: {"sample_time": 0.0, "score_time": 0.0})
+    generated_tokens: int = 0
 
     def sample(self, prompt_ids, prompt_mask, rng, **overrides):
         t0 = time.perf_counter()
         out = self.sample_fn(self.params, prompt_ids, prompt_mask, rng, **overrides)
         self.times["sample_time"] += time.perf_counter() - t0
+        self.generated_tokens += int(np.asarray(out.response_mask).sum())
         return out
 
     def decode(self, response_ids, response_mask, loss_mask=None) -> tuple[list[str], np.ndarray]:

@@ -44,7 +44,6 @@ from jaxrl_llm.train.metrics import MetricsWriter
 from jaxrl_llm.train.plots import plot_curves
 from jaxrl_llm.train.steps import TrainState, make_step_fns, reference_params, state_shardings
 from jaxrl_llm.transforms.base import InjectState
-from jaxrl_llm.transforms.estimators import zero_variance_groups
 from jaxrl_llm.types import Algorithm, PreferenceBatch, Rollout, RolloutStrategy
 
 
@@ -141,7 +140,8 @@ def validate_config(config, algorithm: Algorithm) -> None:
 
 def check_batch_split(batch, phase: Phase, microbatches: int) -> None:
     """The rows of the batch the updates train on (after the strategy and the transform) must
-    split into phase.minibatches x train.microbatches equal parts."""
+    split into phase.minibatches x train.microbatches equal parts. Checked on every step's
+    prepared batch (a shape check: free), before its first update."""
     rows = batch.prompt_ids.shape[0]
     parts = phase.minibatches * microbatches
     if rows % parts:
@@ -180,8 +180,12 @@ def rollout_metrics(rollout: Rollout) -> dict:
         "response_length": float(lengths.mean()),
         **{k: float(np.mean(v)) for k, v in rollout.extras.items() if k.startswith("reward/")},
     }
-    if rollout.group_ids is not None:
-        metrics["zero_variance_groups"] = float(zero_variance_groups(rewards, np.asarray(rollout.group_ids)))
+    if rollout.group_ids is not None:  # fraction of groups whose rewards are all equal
+        _, group = np.unique(np.asarray(rollout.group_ids), return_inverse=True)
+        high, low = np.full(group.max() + 1, -np.inf), np.full(group.max() + 1, np.inf)
+        np.maximum.at(high, group, rewards)
+        np.minimum.at(low, group, rewards)
+        metrics["zero_variance_groups"] = float(np.mean(high == low))
     if "finished" in rollout.extras:
         metrics["finished_fraction"] = float(np.mean(rollout.extras["finished"]))
     if rollout.loss_mask is not None:
@@ -261,7 +265,6 @@ class Trainer:
         self.summary: dict[str, Any] = {}
         self.step_fns: dict[str, tuple] = {}  # phase -> (prepare, update) last used, for compile checks
         self._step_fn_cache: dict[tuple, tuple] = {}
-        self._checked_split: dict[str, bool] = {}
         self._last_tagged: int | None = None
         self.final_state: TrainState | None = None
 
@@ -287,7 +290,7 @@ class Trainer:
                 json.dump(current, f, indent=2, sort_keys=True)
             os.replace(path + ".tmp", path)
 
-    def _datasets(self, phase: Phase, seed: int):
+    def _datasets(self, phase: Phase, seed: int, check: bool = True):
         d = self.config.data
         common = dict(
             batch_size=phase.batch_size,
@@ -299,15 +302,16 @@ class Trainer:
             answer_field=d.answer_field,
         )
         source = self.sources["train"]
-        pipeline.check_prompt_lengths(
-            source,
-            self.tokenizer,
-            d.max_prompt_len,
-            chat=d.chat,
-            instruction=d.instruction,
-            question_field=d.question_field,
-            limit=d.check_records,
-        )
+        if check:
+            pipeline.check_prompt_lengths(
+                source,
+                self.tokenizer,
+                d.max_prompt_len,
+                chat=d.chat,
+                instruction=d.instruction,
+                question_field=d.question_field,
+                limit=d.check_records,
+            )
         kind = phase.algorithm.data
         T = self.sampling.max_new_tokens
         if kind == "supervised":
@@ -412,7 +416,7 @@ class Trainer:
         dataset = self._datasets(phase, seed)
         # Extra prompts for strategies that draw more (dynamic sampling): another order of the
         # same split, indexed by (step, round), so a resumed run draws the same ones.
-        extra = self._datasets(phase, seed + 7919) if phase.algorithm.data == "rollout" else None
+        extra = self._datasets(phase, seed + 7919, check=False) if phase.algorithm.data == "rollout" else None
         end = start + phase.steps
         meta = {"phase": phase.name, "phase_start": start, "aux_models": aux_record(self.aux_models)}
         stop = False
@@ -482,9 +486,7 @@ class Trainer:
             batch, ctx = self.collect(state, PromptBatch.from_dict(batch_np), extra, index)
             metrics = {**rollout_metrics(batch), **batch.metrics, **ctx.times}
             metrics["rollout_time"] = time.perf_counter() - t0
-            metrics["generation_tokens_per_s"] = float(np.asarray(batch.response_mask).sum()) / max(
-                ctx.times["sample_time"], 1e-9
-            )
+            metrics["generation_tokens_per_s"] = ctx.generated_tokens / max(ctx.times["sample_time"], 1e-9)
             batch = batch._replace(metrics={})
         elif kind == "supervised":
             batch = Rollout(
@@ -503,10 +505,8 @@ class Trainer:
         g = grouped_layout(batch, self.sampling.num_samples)
         prepare, _ = self._step_fns(phase, g, False)
         aux = {n: m.params for n, m in self.aux_models.items()}
-        if not self._checked_split.get(phase.name):
-            check_batch_split(jax.eval_shape(prepare, state, batch, aux)[0], phase, cfg.microbatches)
-            self._checked_split[phase.name] = True
         batch, state = prepare(state, batch, aux)
+        check_batch_split(batch, phase, cfg.microbatches)  # before any update: on the rows trained on
         metrics.update({k: float(v) for k, v in jax.device_get(batch.metrics).items()})
         batch = batch._replace(metrics={})
         # The update runs each prompt once too when its one mini-batch is every row in order
