@@ -29,7 +29,7 @@ DEVICES = 4  # global mesh: data=1 x fsdp=2 x tensor=2
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 ROWS_PER_STEP = 8 * 4  # smoke config: 8 prompts x 4 samples, each scored once
 SFT_STEPS, MAIN_STEPS, STOP_AFTER_MAIN_STEP = 4, 6, 3
-TIMING_KEYS = {"step_time", "update_time", "sample_time", "score_time", "generation_tokens_per_s"}
+TIMING_KEYS = {"step_time", "update_time", "sample_time", "score_time", "rollout_time", "generation_tokens_per_s"}
 
 # The entry point, plus a reward that SIGTERMs its own process at the STOP_AFTER_CALLS-th sample.
 SCRIPT = """

@@ -81,6 +81,13 @@ def _load_orbax(path: str, head: str, dtype: str):
     if params is None:
         raise ValueError(f"aux model checkpoint {path!r} has no {key!r} (head={head!r})")
     template = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0), head))
+    missing = sorted(set(template) - set(params))
+    if missing:  # e.g. head 'reward' on a policy: it has an LM head, no scalar 'score'
+        raise ValueError(
+            f"aux model checkpoint {path!r}: its {key!r} have no {missing} for head={head!r} (an "
+            "earlier run's checkpoint gives its policy as 'causal_lm' and its critic as 'value'; a "
+            "reward model comes from an HF directory)"
+        )
     params = {k: params[k] for k in template} if head != "causal_lm" else params
     if jax.tree.structure(params) != jax.tree.structure(template):
         raise ValueError(
