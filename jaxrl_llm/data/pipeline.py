@@ -23,6 +23,13 @@ class PromptTooLongError(ValueError):
     field = "data.max_prompt_len"
 
 
+class UnencodableTextError(ValueError):
+    """A record's text holds a character the tokenizer has no token for (a character vocabulary
+    without an unknown token): the message names the record, the character and the fix."""
+
+    field = "tokenizer.alphabet"
+
+
 class TargetTooLongError(ValueError):
     """A target (answer + EOS) has more tokens than `sampling.max_new_tokens` (the trainer's T)."""
 
@@ -45,6 +52,7 @@ def encode_texts(
     padding_side: str,
     add_special_tokens: bool,
     append_eos: bool,
+    indices: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Token ids and mask, np.int32 [B, length], plus each text's token count [B] (EOS included).
 
@@ -56,7 +64,11 @@ def encode_texts(
         raise ValueError("this tokenizer has neither a pad nor an eos token: set tokenizer.pad_id")
     if append_eos and not tokenizer.eos_ids:
         raise ValueError("targets end with an EOS token but this tokenizer has none: set tokenizer.eos_ids")
-    rows = [e.ids for e in tokenizer.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+    try:
+        encodings = tokenizer.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+    except Exception as error:  # e.g. tokenizers' "WordLevel error: Missing [UNK] token"
+        raise _unencodable(tokenizer, texts, indices, add_special_tokens, error) from error
+    rows = [e.ids for e in encodings]
     if append_eos:
         rows = [row + [tokenizer.eos_ids[0]] for row in rows]
     ids = np.full((len(rows), length), tokenizer.pad_id, np.int32)
@@ -69,10 +81,43 @@ def encode_texts(
     return ids, mask, np.array([len(row) for row in rows], np.int64)
 
 
-def _encode_prompts(prompts: Sequence[str], tokenizer, max_prompt_len: int, chat: bool):
+def _unencodable(tokenizer, texts, indices, add_special_tokens: bool, error) -> UnencodableTextError:
+    """The first text (and in it the first character) the tokenizer cannot encode."""
+    for i, text in enumerate(texts):
+        try:
+            tokenizer.backend.encode(text, add_special_tokens=add_special_tokens)
+            continue
+        except Exception:
+            pass
+        bad = next((c for c in dict.fromkeys(text) if _fails(tokenizer, c)), None)
+        record = f"record {indices[i]}" if indices is not None else f"text {i} of the batch"
+        shown = text if len(text) <= 200 else text[:200] + "..."
+        what = f"the character {bad!r}" if bad is not None else "a sequence"
+        return UnencodableTextError(
+            f"{record} holds {what} that the tokenizer cannot encode ({error}): {shown!r}. Add it to the "
+            "character tokenizer's alphabet (--config.tokenizer.alphabet) or clean the dataset."
+        )
+    return UnencodableTextError(f"the tokenizer failed on a batch: {error}")
+
+
+def _fails(tokenizer, text: str) -> bool:
+    try:
+        tokenizer.backend.encode(text, add_special_tokens=False)
+        return False
+    except Exception:
+        return True
+
+
+def _encode_prompts(prompts: Sequence[str], tokenizer, max_prompt_len: int, chat: bool, indices=None):
     # Chat templates write their own special tokens; plain prompts get the post-processor's (bos).
     return encode_texts(
-        prompts, tokenizer, max_prompt_len, padding_side="left", add_special_tokens=not chat, append_eos=False
+        prompts,
+        tokenizer,
+        max_prompt_len,
+        padding_side="left",
+        add_special_tokens=not chat,
+        append_eos=False,
+        indices=indices,
     )
 
 
@@ -118,7 +163,7 @@ def _scan(
     for start in range(0, total, chunk):
         indices = range(start, min(start + chunk, total))
         texts = [text_of(r, i) for r, i in zip(_records(source, indices), indices, strict=True)]
-        lengths[indices.start : indices.stop] = encode(texts)[2]
+        lengths[indices.start : indices.stop] = encode(texts, indices)[2]
     if lengths.size and lengths.max() > budget:
         i = int(np.argmax(lengths > budget))
         text = text_of(source[i], i)
@@ -134,9 +179,11 @@ def check_prompt_lengths(
     chat: bool = False,
     instruction: str = "",
     question_field: str = "question",
+    answer_field: str = "answer",
     limit: int | None = None,
 ) -> int:
     """Tokenizes the first `limit` prompts of `source` (all if None); returns the longest length.
+    Also checks each scanned record's answer field exists and is not null.
 
     Raises PromptTooLongError at the first prompt over max_prompt_len (call this at start-up so a
     long prompt fails the run before training rather than mid-run; batches are checked again
@@ -144,11 +191,12 @@ def check_prompt_lengths(
     Reading TFDS records costs ~70 us each (protobuf parsing): 200k records take ~10 s.
     """
 
-    def encode(texts):
-        return _encode_prompts(texts, tokenizer, 1, chat)
+    def encode(texts, indices):
+        return _encode_prompts(texts, tokenizer, 1, chat, indices)
 
     def text_of(record, i):
         question = get_field(record, question_field, i, "data.question_field")
+        get_field(record, answer_field, i, "data.answer_field")
         return format_prompt(question, tokenizer, chat, instruction)
 
     return _scan(source, text_of, encode, max_prompt_len, "prompt", PromptTooLongError, limit)
@@ -167,9 +215,15 @@ def check_target_lengths(
     longest length in tokens. Raises TargetTooLongError at the first target over max_target_len.
     """
 
-    def encode(texts):
+    def encode(texts, indices):
         return encode_texts(
-            texts, tokenizer, 1, padding_side="right", add_special_tokens=False, append_eos=True
+            texts,
+            tokenizer,
+            1,
+            padding_side="right",
+            add_special_tokens=False,
+            append_eos=True,
+            indices=indices,
         )
 
     def text_of(record, i):
@@ -207,7 +261,7 @@ def _prompt_fields(num_records, tokenizer, chat, instruction, question_field, an
 def _prompt_batch(records, tokenizer, max_prompt_len, chat) -> dict:
     prompts = [r["prompt"] for r in records]
     indices = [r["index"] for r in records]
-    ids, mask, lengths = _encode_prompts(prompts, tokenizer, max_prompt_len, chat)
+    ids, mask, lengths = _encode_prompts(prompts, tokenizer, max_prompt_len, chat, indices)
     _check_lengths(lengths, prompts, indices, max_prompt_len, "prompt", PromptTooLongError)
     return {
         "prompt_ids": ids,
@@ -220,7 +274,13 @@ def _prompt_batch(records, tokenizer, max_prompt_len, chat) -> dict:
 
 def _target_batch(texts, indices, tokenizer, max_target_len) -> tuple[np.ndarray, np.ndarray]:
     ids, mask, lengths = encode_texts(
-        texts, tokenizer, max_target_len, padding_side="right", add_special_tokens=False, append_eos=True
+        texts,
+        tokenizer,
+        max_target_len,
+        padding_side="right",
+        add_special_tokens=False,
+        append_eos=True,
+        indices=indices,
     )
     _check_lengths(lengths, texts, indices, max_target_len, "target", TargetTooLongError)
     return ids, mask

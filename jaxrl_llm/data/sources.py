@@ -7,7 +7,8 @@
   * 'arithmetic': the synthetic TFDS builder `jaxrl_arithmetic` (offline, prepared on first use);
   * 'gsm8k': TFDS's own `gsm8k` builder (downloads from GitHub on first use; offline, seed its
     download cache with `cache_gsm8k_files`);
-  * 'jsonl': local JSON-lines files, one record per line, e.g. GSM8K's own files.
+  * 'jsonl': local JSON-lines files, one record per line, e.g. GSM8K's own files;
+  * 'code': a synthetic code task in memory (jaxrl_llm/data/code.py; answers are unit tests).
 
 TFDS data is always written as array_record and read through `as_data_source`, so TensorFlow is
 never imported.
@@ -41,7 +42,13 @@ def get_field(record: Mapping, field: str, index: int, config_field: str) -> str
             f"record {index} has no field {field!r}; its fields are {sorted(record)}. "
             f"Set --config.{config_field} to the field that holds it."
         )
-    return str(record[field])
+    value = record[field]
+    if value is None:
+        raise DatasetFieldError(
+            f"record {index} has field {field!r} = null; fix or drop that record (config field {config_field} "
+            "names the field read)"
+        )
+    return str(value)
 
 
 class TfdsSource(Sequence):
@@ -175,13 +182,24 @@ def _jsonl_source(config, split: str) -> list[dict]:
     return read_jsonl(path)
 
 
-SOURCES = {"arithmetic": _arithmetic_source, "gsm8k": _gsm8k_source, "jsonl": _jsonl_source}
+def _code_source(config, split: str) -> list[dict]:
+    from jaxrl_llm.data.code import code_source
+
+    return code_source(config, split)
+
+
+SOURCES = {
+    "arithmetic": _arithmetic_source,
+    "code": _code_source,
+    "gsm8k": _gsm8k_source,
+    "jsonl": _jsonl_source,
+}
 
 
 def make_source(data_config, split: str) -> Sequence[dict]:
     """The records of one split, random access: `len(source)`, `source[i]` -> dict of str.
 
-    data_config fields: name ('arithmetic' | 'gsm8k' | 'jsonl'), builder_config (arithmetic config,
+    data_config fields: name ('arithmetic' | 'code' | 'gsm8k' | 'jsonl'), builder_config (arithmetic config,
     default 'add3_fixed'), data_dir (TFDS data dir, '' = default), path (jsonl: contains '{split}'),
     question_field, answer_field. The fields of the first record are checked here.
     """

@@ -43,6 +43,7 @@ from jaxrl_llm.train.evaluation import Evaluator
 from jaxrl_llm.train.metrics import MetricsWriter
 from jaxrl_llm.train.plots import plot_curves
 from jaxrl_llm.train.steps import TrainState, make_step_fns, reference_params, state_shardings
+from jaxrl_llm.train.validation import check_workdir, validate_config, validate_model
 from jaxrl_llm.transforms.base import InjectState
 from jaxrl_llm.types import Algorithm, PreferenceBatch, Rollout, RolloutStrategy
 
@@ -118,26 +119,6 @@ def _phase_list(config, algorithm: Algorithm) -> list[Phase]:
     return phases
 
 
-def validate_config(config, algorithm: Algorithm) -> None:
-    """Clear errors for option combinations that would otherwise fail deep inside JAX. (The
-    split of the batch into mini- and micro-batches is checked on the batch `prepare` returns,
-    whose rows a strategy or transform may change: `check_batch_split`.)"""
-    t = config.train
-    if t.nonfinite not in ("stop", "skip"):
-        raise ValueError(f"train.nonfinite={t.nonfinite!r}; use 'stop' or 'skip'")
-    for field in ("steps", "batch_size", "epochs", "minibatches", "microbatches"):
-        if t[field] < (0 if field == "steps" else 1):
-            raise ValueError(f"train.{field}={t[field]} must be positive")
-    unknown = sorted(
-        n[4:] for n in algorithm.needs() if n.startswith("aux:") and n[4:] not in config.get("aux_models", {})
-    )
-    if unknown:
-        raise ValueError(
-            f"algorithm {config.algo.name!r} has passes that read auxiliary models {unknown}, which "
-            f"config.aux_models does not define (it has: {sorted(config.get('aux_models', {}))})"
-        )
-
-
 def check_batch_split(batch, phase: Phase, microbatches: int) -> None:
     """The rows of the batch the updates train on (after the strategy and the transform) must
     split into phase.minibatches x train.microbatches equal parts. Checked on every step's
@@ -207,14 +188,15 @@ class Trainer:
     """Holds the built pieces of a run; `fit()` runs every phase (resuming if possible)."""
 
     def __init__(self, config, workdir: str):
+        # Everything that can be checked is checked before the first file is written (validation.py).
         self.config = config
         self.workdir = os.path.abspath(workdir)
-        os.makedirs(workdir, exist_ok=True)
         algo_kwargs = {k: v for k, v in config.algo.items() if k != "name"}
         self.algorithm = make_algorithm(config.algo.name, **algo_kwargs)
         validate_config(config, self.algorithm)
         self.strategy = resolve_strategy(config, self.algorithm)
         self.model_config, self.init_params, self.tokenizer = builders.build_model(config)
+        validate_model(config, self.model_config)
         self.partitioning = sharding.make_partitioning(config.mesh)  # None on one device: plain jit
         self.aux_models = load_aux_models(config.get("aux_models"), config.model.dtype)
         if self.partitioning is not None:  # sharded by their heads' logical axes, like the reference
@@ -231,15 +213,18 @@ class Trainer:
             self.reward_sources = RewardSources(
                 config.rewards, self.aux_models, config.get("reward_ensembles"), self.partitioning
             )
-        self.is_primary = distributed.is_primary()  # the process that writes files
-        if self.is_primary:
-            self.tokenizer.save(os.path.join(workdir, "tokenizer"))
         self.eval_reward = builders.reward_functions({config.eval.reward: 1.0})
         # One process at a time: concurrent first-use preparation of a TFDS dataset races.
         self.sources = distributed.primary_first(
             lambda: {split: make_source(config.data, split) for split in config.data.splits}
         )
+        self._check_data()
+        self.is_primary = distributed.is_primary()  # the process that writes files
+        if self.is_primary:
+            check_workdir(self.workdir)
         self._check_config_snapshot()
+        if self.is_primary:  # after the snapshot check: a refused run leaves the workdir as it was
+            self.tokenizer.save(os.path.join(workdir, "tokenizer"))
         s = config.sampling
         self.sampling = SamplingConfig(
             max_new_tokens=s.max_new_tokens,
@@ -290,7 +275,21 @@ class Trainer:
                 json.dump(current, f, indent=2, sort_keys=True)
             os.replace(path + ".tmp", path)
 
-    def _datasets(self, phase: Phase, seed: int, check: bool = True):
+    def _check_data(self) -> None:
+        """Prompts of the training split (up to data.check_records): length, fields, encodability."""
+        d = self.config.data
+        pipeline.check_prompt_lengths(
+            self.sources["train"],
+            self.tokenizer,
+            d.max_prompt_len,
+            chat=d.chat,
+            instruction=d.instruction,
+            question_field=d.question_field,
+            answer_field=d.answer_field,
+            limit=d.check_records,
+        )
+
+    def _datasets(self, phase: Phase, seed: int):
         d = self.config.data
         common = dict(
             batch_size=phase.batch_size,
@@ -302,16 +301,6 @@ class Trainer:
             answer_field=d.answer_field,
         )
         source = self.sources["train"]
-        if check:
-            pipeline.check_prompt_lengths(
-                source,
-                self.tokenizer,
-                d.max_prompt_len,
-                chat=d.chat,
-                instruction=d.instruction,
-                question_field=d.question_field,
-                limit=d.check_records,
-            )
         kind = phase.algorithm.data
         T = self.sampling.max_new_tokens
         if kind == "supervised":
@@ -416,7 +405,7 @@ class Trainer:
         dataset = self._datasets(phase, seed)
         # Extra prompts for strategies that draw more (dynamic sampling): another order of the
         # same split, indexed by (step, round), so a resumed run draws the same ones.
-        extra = self._datasets(phase, seed + 7919, check=False) if phase.algorithm.data == "rollout" else None
+        extra = self._datasets(phase, seed + 7919) if phase.algorithm.data == "rollout" else None
         end = start + phase.steps
         meta = {"phase": phase.name, "phase_start": start, "aux_models": aux_record(self.aux_models)}
         stop = False
