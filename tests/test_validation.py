@@ -5,12 +5,12 @@ import json
 import os
 
 import pytest
+from test_trainer import smoke
 
 from jaxrl_llm.data.pipeline import UnencodableTextError
 from jaxrl_llm.data.sources import DatasetFieldError
 from jaxrl_llm.train.trainer import Trainer
 from jaxrl_llm.train.validation import ConfigError
-from test_trainer import data_dir, smoke  # noqa: F401  (the session data-dir fixture)
 
 
 def refused(config, tmp_path, error, match):
@@ -35,12 +35,12 @@ def refused(config, tmp_path, error, match):
         ({"sampling__top_p": 0.0}, r"sampling\.top_p=0\.0 must be in \(0, 1\]"),
     ],
 )  # fmt: skip
-def test_bad_config_is_refused_before_any_file(overrides, match, data_dir, tmp_path):
-    refused(smoke("grpo_arithmetic", data_dir, **overrides), tmp_path, ConfigError, match)
+def test_bad_config_is_refused_before_any_file(overrides, match, tfds_dir, tmp_path):
+    refused(smoke("grpo_arithmetic", tfds_dir, **overrides), tmp_path, ConfigError, match)
 
 
-def test_bad_reward_weight_and_unknown_source_are_refused(data_dir, tmp_path):
-    config = smoke("grpo_arithmetic", data_dir)
+def test_bad_reward_weight_and_unknown_source_are_refused(tfds_dir, tmp_path):
+    config = smoke("grpo_arithmetic", tfds_dir)
     config.rewards = {"exact_match": float("nan")}
     refused(config, tmp_path, ConfigError, r"rewards\.exact_match=nan must be a finite number")
     config.rewards = {"exact_mtach": 1.0}
@@ -52,51 +52,51 @@ def test_bad_reward_weight_and_unknown_source_are_refused(data_dir, tmp_path):
     )
 
 
-def jsonl_config(data_dir, tmp_path, records):
+def jsonl_config(tfds_dir, tmp_path, records):
     for split in ("train", "validation", "test"):
         with open(tmp_path / f"data_{split}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
-    config = smoke("grpo_arithmetic", data_dir)
+    config = smoke("grpo_arithmetic", tfds_dir)
     config.data.name, config.data.path = "jsonl", str(tmp_path / "data_{split}.jsonl")
     return config
 
 
-def test_unencodable_character_names_the_record_and_the_character(data_dir, tmp_path):
+def test_unencodable_character_names_the_record_and_the_character(tfds_dir, tmp_path):
     records = [{"question": "1+2=", "answer": "#### 3"}] * 5 + [{"question": "1+x=", "answer": "#### 3"}]
-    config = jsonl_config(data_dir, tmp_path, records)
+    config = jsonl_config(tfds_dir, tmp_path, records)
     refused(config, tmp_path, UnencodableTextError, r"record 5 holds the character 'x'.*tokenizer\.alphabet")
 
 
-def test_null_field_names_the_record_and_the_field(data_dir, tmp_path):
+def test_null_field_names_the_record_and_the_field(tfds_dir, tmp_path):
     records = [{"question": "1+2=", "answer": "#### 3"}] * 3 + [{"question": None, "answer": "#### 3"}]
     refused(
-        jsonl_config(data_dir, tmp_path, records),
+        jsonl_config(tfds_dir, tmp_path, records),
         tmp_path,
         DatasetFieldError,
         r"record 3 has field 'question' = null",
     )
     records = [{"question": "1+2=", "answer": None}]
     refused(
-        jsonl_config(data_dir, tmp_path, records),
+        jsonl_config(tfds_dir, tmp_path, records),
         tmp_path,
         DatasetFieldError,
         r"record 0 has field 'answer' = null",
     )
 
 
-def test_unwritable_workdir_names_the_path(data_dir, tmp_path):
+def test_unwritable_workdir_names_the_path(tfds_dir, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(ConfigError, match=rf"workdir '{blocker}/run' is not writable"):
-        Trainer(smoke("grpo_arithmetic", data_dir), str(blocker / "run"))
+        Trainer(smoke("grpo_arithmetic", tfds_dir), str(blocker / "run"))
 
 
-def test_refused_config_change_leaves_the_tokenizer_alone(data_dir, tmp_path):
+def test_refused_config_change_leaves_the_tokenizer_alone(tfds_dir, tmp_path):
     workdir = str(tmp_path / "run")
-    Trainer(smoke("grpo_arithmetic", data_dir), workdir)
+    Trainer(smoke("grpo_arithmetic", tfds_dir), workdir)
     tokenizer = os.path.join(workdir, "tokenizer", "tokenizer.json")
     before = open(tokenizer).read()
-    other = smoke("grpo_arithmetic", data_dir)
+    other = smoke("grpo_arithmetic", tfds_dir)
     other.tokenizer.alphabet = other.tokenizer.alphabet + "xyz"
     with pytest.raises(ValueError, match="different config"):
         Trainer(other, workdir)
