@@ -1,5 +1,15 @@
-"""Rewards: verifiers for math answers, a registry of reward functions by name, batched scoring."""
+"""Rewards: verifiers for math answers and code (run in a sandbox), a registry of reward functions
+by name, batched scoring."""
 
+from jaxrl_llm.rewards.code import (  # registers code_tests, code_tests_all, code_stdout
+    code_stdout,
+    code_tests,
+    code_tests_all,
+    extract_code,
+    parse_tests,
+    score_code_stdout,
+    score_code_tests,
+)
 from jaxrl_llm.rewards.math import (
     RewardFn,
     RewardFunctionError,
@@ -14,11 +24,32 @@ from jaxrl_llm.rewards.math import (
     register_reward,
     score_completions,
 )
+from jaxrl_llm.rewards.sandbox import (
+    Program,
+    Sandbox,
+    SandboxConfig,
+    SandboxError,
+    SandboxResult,
+    configure_default_sandbox,
+    default_sandbox,
+    run_many,
+)
 
 __all__ = [
+    "Program",
     "RewardFn",
     "RewardFunctionError",
+    "Sandbox",
+    "SandboxConfig",
+    "SandboxError",
+    "SandboxResult",
     "answers_match",
+    "code_stdout",
+    "code_tests",
+    "code_tests_all",
+    "configure_default_sandbox",
+    "default_sandbox",
+    "extract_code",
     "exact_match",
     "extract_final_answer",
     "format_reward",
@@ -26,6 +57,10 @@ __all__ = [
     "list_rewards",
     "math_answer",
     "normalize_number",
+    "parse_tests",
     "register_reward",
+    "run_many",
+    "score_code_stdout",
+    "score_code_tests",
     "score_completions",
 ]

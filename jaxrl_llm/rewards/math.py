@@ -193,6 +193,9 @@ def score_completions(
     Returns (total [N] float32 = sum of weight * value, {name: [N] float32 raw values}). A function
     that raises, or returns a non-number or a non-finite value, raises RewardFunctionError naming
     the function and the sample (prompt, completion and answer shown), chained from the cause.
+
+    A function with a `batched(prompts, completions, answers, finished) -> [N]` attribute is
+    scored through it in one call (the sandboxed code rewards run their samples in parallel).
     """
     n = len(completions)
     if not len(prompts) == len(answers) == len(finished) == n:
@@ -204,6 +207,12 @@ def score_completions(
     values = {}
     for name, fn, weight in reward_fns:
         column = np.zeros(n, np.float32)
+        batched = getattr(fn, "batched", None)
+        if batched is not None:
+            column[:] = _batched_column(name, fn, batched, prompts, completions, answers, finished)
+            values[name] = column
+            total += np.float32(weight) * column
+            continue
         for i in range(n):
             sample = dict(
                 prompt=str(prompts[i]),
@@ -226,6 +235,23 @@ def score_completions(
         values[name] = column
         total += np.float32(weight) * column
     return total, values
+
+
+def _batched_column(name, fn, batched, prompts, completions, answers, finished) -> np.ndarray:
+    try:
+        column = np.asarray(
+            batched(list(prompts), list(completions), list(answers), list(finished)), np.float32
+        )
+    except Exception as e:
+        raise RewardFunctionError(
+            f"reward function {name!r} ({_qualified(fn)}) raised {type(e).__name__}: {e}"
+        ) from e
+    if column.shape != (len(completions),) or not np.isfinite(column).all():
+        raise RewardFunctionError(
+            f"reward function {name!r} ({_qualified(fn)}).batched returned shape {column.shape} or non-finite "
+            f"values; it must return {len(completions)} finite floats"
+        )
+    return column
 
 
 def _reward_error(name: str, fn, index: int, sample: dict, problem: str) -> RewardFunctionError:

@@ -9,12 +9,14 @@ stdlib only) with:
     HOME = that directory only), stdin from the caller or empty, and stdout/stderr kept up to
     `max_output_bytes` each (the rest discarded; past `kill_output_bytes` the program is killed);
   * an unprivileged identity: as root, the program runs as a uid of its own per pool slot
-    (`uid_base + slot`, no passwd entry, supplementary groups dropped, `no_new_privs`), so the
+    (from `uid_base` up, no passwd entry, reserved across processes by a lock file, so that
+    concurrent sandboxes never share one; supplementary groups dropped, `no_new_privs`), so the
     RLIMIT_NPROC limit counts that sample's processes alone and files of the trainer's user in
     mode 0700 directories are unreadable. Not as root, it runs as the current user: RLIMIT_NPROC
     then counts every process of that user, so the limit is set to the user's current count plus
     headroom for the pool and a fork bomb can starve concurrent samples (not the trainer's
-    already-running processes);
+    already-running processes), and the user's own files are not protected from the program
+    (run the trainer as root for a separate identity);
   * no network. Two mechanisms, chosen by `network`:
       - 'namespace' (kernel-enforced, any language): the program gets new network, mount, PID,
         IPC and UTS namespaces. Its network namespace has only a loopback device that is down, so
@@ -24,22 +26,27 @@ stdlib only) with:
         interpreter lives under a directory the sandbox user may not enter (e.g. /root/.pyenv),
         that directory is replaced by a tmpfs holding a read-only bind mount of the interpreter
         alone. When the PID namespace's first process exits, the kernel kills every process in
-        it, so nothing outlives a sample. Needs root (or, not as root, unprivileged user
-        namespaces: then network and user namespaces only).
+        it, so nothing outlives a sample. Needs root; not as root it needs unprivileged user
+        namespaces and gets user, network and PID namespaces only (no mounts).
       - 'deny' (fallback where namespaces are refused): a PEP 578 audit hook, installed before
         the program runs, refuses socket creation/connects/DNS, running other programs
-        (exec, spawn, system, subprocess, `_posixsubprocess`), ctypes and writes under /proc.
+        (exec, spawn, system, subprocess, `_posixsubprocess`), ctypes, writes under /proc and
+        signals to other processes.
         Python code cannot remove an audit hook, children made with os.fork inherit it, and
         `-I` stops environment variables and user site-packages from running code first; what
         it cannot stop is an exploit of a memory-safety bug in CPython itself. Programs that
-        run other executables fail in this mode. Leftover processes are killed by uid after
-        each sample (as root), since the PID namespace is absent.
+        run other executables fail in this mode.
     'auto' (the default) probes 'namespace' once and falls back to 'deny' with a warning.
 
 Each sample goes through a small launcher (`python -I -S -c <launcher>`, run as the trainer's
 user, spawned without preexec_fn so it is safe from threads and uses vfork): it creates the
 namespaces, forks, and its child mounts, sets the limits, drops to the sandbox uid (setgroups,
 setgid, setuid after the namespaces exist, so RLIMIT_NPROC binds) and execs the interpreter.
+The launcher is a child subreaper: when the program ends (or, on the parent's timeout or
+output flood, SIGTERM asks it to kill it) it kills the program's process group and then every
+descendant left, double-forked or setsid ones included, and collects them before exiting, so no
+process of a sample outlives run() in either mode. If the launcher itself does not answer, the
+parent kills its group and, as root, every process of the sample's uid.
 
 `run_many(programs)` scores many programs on a bounded thread pool (`workers`, default
 os.cpu_count()). `Program(source, stdin, tests)` with tests runs each test (Python statements,
@@ -54,6 +61,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import errno
+import fcntl
 import json
 import math
 import os
@@ -63,12 +71,14 @@ import secrets
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Sequence
 
 STATUSES = ("ok", "timeout", "memory", "error", "killed", "output_limit")
@@ -138,7 +148,7 @@ class Program:
 
 
 @dataclasses.dataclass(frozen=True)
-class Result:
+class SandboxResult:
     """The outcome of one program.
 
     status: 'ok' (exit 0) | 'timeout' (wall or CPU limit) | 'memory' (MemoryError or the
@@ -166,6 +176,9 @@ class Result:
         return sum(self.tests) / len(self.tests) if self.tests else 0.0
 
 
+Result = SandboxResult
+
+
 # The sandboxed interpreter's first code: optional network/exec denial, then the program, then
 # (tests mode) each test, reported on a private pipe with a nonce read from stdin beforehand.
 _BOOT = r"""
@@ -182,10 +195,12 @@ def _sandbox_boot():
         ))
         modules = frozenset(("_ctypes", "_posixsubprocess"))
         def hook(event, args, events=events, modules=modules, PermissionError=PermissionError,
-                 str=str, isinstance=isinstance, fspath=os.fsdecode):
+                 str=str, isinstance=isinstance, fspath=os.fsdecode, getpid=os.getpid):
             if event in events or (event == "import" and args[0] in modules):
                 what = f"import {args[0]}" if event == "import" else event
                 raise PermissionError(f"sandbox: {what} is not allowed (no network, no running programs)")
+            if event in ("os.kill", "os.killpg") and args[0] != getpid():
+                raise PermissionError(f"sandbox: {event} of another process is not allowed")
             if event == "open" and args[0] is not None and not isinstance(args[0], int):
                 name, mode = fspath(args[0]), args[1]
                 writes = (args[2] & 3) if mode is None else any(ch in str(mode) for ch in "wax+")
@@ -211,7 +226,7 @@ def _sandbox_boot():
             import traceback
             traceback.print_exc()
             _flush()
-            _exit(%(memory)d)
+            _exit(@MEMORY_EXIT_CODE@)
         return
     lines = [(f"{job['nonce']} {i} 1\n".encode(), f"{job['nonce']} {i} 0\n".encode())
              for i in range(len(job["tests"]))]
@@ -224,7 +239,7 @@ def _sandbox_boot():
         if not isinstance(e, SystemExit):
             traceback.print_exc()
         sys.stdout.flush()
-        _exit(%(memory)d if isinstance(e, MemoryError) else 1)
+        _exit(@MEMORY_EXIT_CODE@ if isinstance(e, MemoryError) else 1)
     for i, test in tests:
         try:
             _exec(_compile(test, f"<test {i}>", "exec"), scope)
@@ -240,7 +255,7 @@ def _sandbox_boot():
         except OSError:
             pass
 _sandbox_boot()
-""" % {"memory": MEMORY_EXIT_CODE}
+""".replace("@MEMORY_EXIT_CODE@", str(MEMORY_EXIT_CODE))
 
 # Runs as the trainer's user: namespaces, fork; the child mounts, limits, drops to the sandbox
 # user and execs the interpreter; the launcher waits and exits as the child did.
@@ -252,7 +267,7 @@ def fail(stage, e):
     try:
         os.write(err_fd, f"{stage}: {type(e).__name__}: {e}".encode()[:4000])
     finally:
-        os._exit(%(setup)d)
+        os._exit(@SETUP_EXIT_CODE@)
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 def check(result, what):
@@ -392,7 +407,7 @@ if os.WIFSIGNALED(status):
     os.kill(os.getpid(), sig)
     os._exit(128 + sig)
 os._exit(os.waitstatus_to_exitcode(status))
-""" % {"setup": SETUP_EXIT_CODE}
+""".replace("@SETUP_EXIT_CODE@", str(SETUP_EXIT_CODE))
 
 
 def _user_processes(uid: int) -> int:
@@ -428,6 +443,47 @@ def _blocked_ancestor(path: str, uid: int, gid: int) -> str | None:
         if not _can_enter(directory, uid, gid):
             return directory
     return None
+
+
+def _reserve_uids(base: int, count: int) -> tuple[list[int], list[int]]:
+    """`count` sandbox uids from `base` up that no other Sandbox (in any process) holds and no
+    account owns, each held by an exclusive flock on a file in a directory only root can enter;
+    returns (uids, lock fds). The locks go with the fds (closed by Sandbox.close or at exit)."""
+    directory = os.path.join(tempfile.gettempdir(), f"jaxrl-sandbox-uids-{os.geteuid()}")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise SandboxError(f"{directory} must be a directory owned by uid {os.geteuid()} with mode 0700")
+    uids, fds = [], []
+    for uid in range(base, base + 100_000):
+        if len(uids) == count:
+            return uids, fds
+        try:
+            pwd.getpwuid(uid)
+            continue  # an account's uid: never run samples as it
+        except KeyError:
+            pass
+        fd = os.open(
+            os.path.join(directory, str(uid)), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        uids.append(uid)
+        fds.append(fd)
+    _release(fds)
+    raise SandboxError(f"no {count} free sandbox uids from uid_base {base}")
+
+
+def _release(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
 
 
 def _is_within(path: str, directory: str) -> bool:
@@ -470,25 +526,18 @@ class Sandbox:
         self._expose = None
         self._hide: list[str] = []
         self._nproc_base = 0
+        self.uids: list[int] = []
+        self._uid_locks: list[int] = []
         if self.root:
-            for slot in range(self.workers):
-                uid = self.config.uid_base + slot
-                try:
-                    name = pwd.getpwuid(uid).pw_name
-                except KeyError:
-                    continue
-                raise SandboxError(
-                    f"sandbox uid {uid} (uid_base {self.config.uid_base} + slot {slot}) belongs to the "
-                    f"account {name!r}; choose a uid_base whose {self.workers} uids are unused"
-                )
+            self.uids, self._uid_locks = _reserve_uids(self.config.uid_base, self.workers)
+            weakref.finalize(self, _release, list(self._uid_locks))
 
     # ---- set-up -------------------------------------------------------------------------------
 
     def _identity(self, slot: int) -> tuple[int | None, int | None]:
         if not self.root:
             return None, None
-        uid = self.config.uid_base + slot
-        return uid, uid
+        return self.uids[slot], self.uids[slot]
 
     def probe(self) -> Sandbox:
         """Chooses the isolation (and interpreter) on first use; later calls return at once."""
@@ -579,21 +628,21 @@ class Sandbox:
 
     # ---- running ------------------------------------------------------------------------------
 
-    def run(self, program: Program | str, stdin: str | bytes | None = None) -> Result:
+    def run(self, program: Program | str, stdin: str | bytes | None = None) -> SandboxResult:
         """Runs one program (a Program, or source text with optional stdin)."""
         if isinstance(program, str):
             program = Program(program, stdin if stdin is not None else b"")
         self.probe()
         return self._run_in_slot(program)
 
-    def _run_in_slot(self, program: Program) -> Result:
+    def _run_in_slot(self, program: Program) -> SandboxResult:
         slot = self._slots.get()
         try:
             return self._run(program, slot)
         finally:
             self._slots.put(slot)
 
-    def run_many(self, programs: Sequence[Program | str]) -> list[Result]:
+    def run_many(self, programs: Sequence[Program | str]) -> list[SandboxResult]:
         """Runs programs on the pool (at most `workers` at once); results in the same order."""
         self.probe()
         if self._pool is None:
@@ -605,6 +654,7 @@ class Sandbox:
         return list(self._pool.map(self.run, programs))
 
     def close(self) -> None:
+        """Stops the pool; the sandbox stays usable (a later run_many starts a new pool)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -622,7 +672,7 @@ class Sandbox:
             "RLIMIT_CORE": (0, 0),
         }
 
-    def _run(self, program: Program, slot: int) -> Result:
+    def _run(self, program: Program, slot: int) -> SandboxResult:
         c = self.config
         uid, gid = self._identity(slot)
         namespace = self.network == "namespace"
@@ -669,7 +719,16 @@ class Sandbox:
                 "cwd": work,
                 "keep_fds": [report_w] if report_w >= 0 else [],
                 "python": self.python,
-                "argv": [self.python, "-I", "-S", "-c", _BOOT, str(int(self.network == "deny")), main, str(report_w)],
+                "argv": [
+                    self.python,
+                    "-I",
+                    "-S",
+                    "-c",
+                    _BOOT,
+                    str(int(self.network == "deny")),
+                    main,
+                    str(report_w),
+                ],
                 "env": env,
             }
             start = time.monotonic()
@@ -722,10 +781,15 @@ class Sandbox:
             passed = [False] * len(program.tests)
             for line in reports.decode("ascii", "replace").splitlines():
                 parts = line.split()
-                if len(parts) == 3 and parts[0] == nonce and parts[1].isdigit() and int(parts[1]) < len(passed):
+                if (
+                    len(parts) == 3
+                    and parts[0] == nonce
+                    and parts[1].isdigit()
+                    and int(parts[1]) < len(passed)
+                ):
                     passed[int(parts[1])] = parts[2] == "1"
             tests = tuple(passed)
-        return Result(status, code, out, err, wall, truncated, tests)
+        return SandboxResult(status, code, out, err, wall, truncated, tests)
 
     def _communicate(self, proc, stdin: bytes, err_r: int, report_r: int, start: float):
         c = self.config
@@ -874,11 +938,13 @@ def configure_default_sandbox(config: SandboxConfig | None = None, **overrides) 
         return _default
 
 
-def run(program: Program | str, stdin: str | bytes | None = None, sandbox: Sandbox | None = None) -> Result:
+def run(
+    program: Program | str, stdin: str | bytes | None = None, sandbox: Sandbox | None = None
+) -> SandboxResult:
     """Runs one program in `sandbox` (default: `default_sandbox()`)."""
     return (sandbox or default_sandbox()).run(program, stdin)
 
 
-def run_many(programs: Sequence[Program | str], sandbox: Sandbox | None = None) -> list[Result]:
+def run_many(programs: Sequence[Program | str], sandbox: Sandbox | None = None) -> list[SandboxResult]:
     """Runs programs in parallel on `sandbox`'s bounded pool (default: `default_sandbox()`)."""
     return (sandbox or default_sandbox()).run_many(programs)

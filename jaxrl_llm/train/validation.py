@@ -145,8 +145,8 @@ def validate_model(config, model_config) -> None:
 
 def check_workdir(path: str) -> None:
     """The run's directory exists (created here) and accepts files; the error names the path."""
-    try:
-        os.makedirs(path, exist_ok=True)
+    try:  # owner-only: sandboxed code rewards run as other users and must not read the run
+        os.makedirs(path, mode=0o700, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write_check_"):
             pass
     except OSError as error:
