@@ -119,6 +119,7 @@ from jaxrl_llm.train.checkpoint import Checkpointer
 from jaxrl_llm.train.config import base_config
 from jaxrl_llm.train.evaluation import pass_at_k
 from jaxrl_llm.train.forward import critic_values, policy_outputs
+from jaxrl_llm.train.invariance import InvarianceReport, check_microbatch_invariance
 from jaxrl_llm.train.metrics import MetricsWriter, read_metrics
 from jaxrl_llm.train.passes import (
     critic_pass,
@@ -174,6 +175,7 @@ __all__ = [
     "DatasetFieldError",
     "Environment",
     "InjectState",
+    "InvarianceReport",
     "KVCache",
     "LoraConfig",
     "MetricsWriter",
@@ -212,6 +214,7 @@ __all__ = [
     "best_of_n",
     "chain",
     "char_tokenizer",
+    "check_microbatch_invariance",
     "clipped_value_loss",
     "combine_ensemble",
     "concat_rollouts",

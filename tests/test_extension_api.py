@@ -178,7 +178,7 @@ KILL_SCRIPT = """
 import importlib.util, os, sys, time
 sys.path.insert(0, os.path.join(sys.argv[3], "tests"))
 import jaxrl_llm as jrl
-from ext_algorithms import dapo  # registers 'dapo' (and 'ext_finished') in this process
+from ext_algorithms import dapo  # registers 'ext_dapo' (and 'ext_finished') in this process
 
 @jrl.register_reward("ext_slow_finished")
 def ext_slow_finished(*, prompt, completion, answer, finished):  # slow steps (argv[4] s): killed mid-run
@@ -250,7 +250,7 @@ def test_dapo_sigkill_then_rerun_continues_the_same_trajectory(tfds_dir, tmp_pat
 
 def test_online_dpo_pairs_by_reward_with_ties_weighted_zero():
     importlib.import_module("ext_algorithms.online_dpo")
-    algo = jrl.make_algorithm("online_dpo")
+    algo = jrl.make_algorithm("ext_online_dpo")
     n, t = 6, 3
     rollout = jrl.Rollout(
         prompt_ids=jnp.repeat(jnp.arange(3)[:, None], 2, axis=0),
@@ -288,7 +288,7 @@ def test_online_dpo_trains_on_a_preference_batch_of_half_the_rows(trained):
 
 def test_entropy_top20_threshold_is_batch_wide():
     importlib.import_module("ext_algorithms.entropy_top20")
-    algo = jrl.make_algorithm("entropy_top20")
+    algo = jrl.make_algorithm("ext_entropy_top20")
     entropy = jnp.arange(40, dtype=jnp.float32).reshape(4, 10)  # the top 20%: 32..39, all in row 3
     rollout = jrl.Rollout(
         prompt_ids=jnp.zeros((4, 1), jnp.int32),

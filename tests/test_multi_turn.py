@@ -64,7 +64,7 @@ def smoke_config(tfds_dir):
 
 @pytest.fixture(scope="module")
 def collected(tfds_dir, tmp_path_factory):
-    """A smoke Trainer of `two_turn_grpo`, its initial state and the rollouts of two steps."""
+    """A smoke Trainer of `ext_two_turn_grpo`, its initial state and the rollouts of two steps."""
     trainer = Trainer(smoke_config(tfds_dir), str(tmp_path_factory.mktemp("multi_turn")))
     phase = trainer.phases[-1]
     state = trainer._initial_state(phase, trainer.init_params, 0)
@@ -146,7 +146,7 @@ def test_observation_tokens_carry_no_gradient(collected):
 KILL_SCRIPT = """
 import sys, time
 sys.path.insert(0, "tests")
-import ext_algorithms.two_turn_tool  # registers two_turn_grpo and its tool environment
+import ext_algorithms.two_turn_tool  # registers ext_two_turn_grpo and its tool environment
 from jaxrl_llm.rewards import register_reward
 
 @register_reward("slow_finished")
@@ -157,7 +157,7 @@ def slow_finished(*, prompt, completion, answer, finished):  # slows steps so th
 from absl import app
 from jaxrl_llm import main as entry
 sys.argv = ["main", "--config=configs/grpo_arithmetic.py:smoke", "--workdir=" + sys.argv[1],
-            "--config.data.data_dir=" + sys.argv[2], "--config.algo.name=two_turn_grpo",
+            "--config.data.data_dir=" + sys.argv[2], "--config.algo.name=ext_two_turn_grpo",
             "--config.sft.steps=0", "--config.data.check_records=0",
             "--config.rewards={'slow_finished': 1.0}", "--config.train.steps=10"]
 app.run(entry.main)

@@ -34,9 +34,10 @@ _HINT_OTHER = (
 
 
 class InvarianceReport(NamedTuple):
-    """differences: quantity -> max relative difference between 1 and k micro-batches (loss,
-    every metric, 'policy_grad', 'critic_grad'); values: the loss and metrics with 1 micro-batch
-    (grad_norm, critic_grad_norm among them: a zero gradient makes the check vacuous)."""
+    """differences: quantity -> |a − b| / max(|a|, atol), a its value with 1 micro-batch and b
+    with k: the loss, every metric, and 'policy_grad' / 'critic_grad' (the largest over parameter
+    leaves, in norm). values: the loss and metrics with 1 micro-batch (grad_norm and
+    critic_grad_norm among them: with a zero gradient the check proves nothing)."""
 
     differences: dict[str, float]
     values: dict[str, float]
@@ -141,33 +142,41 @@ def check_microbatch_invariance(
     compiler_options: dict | None = None,
 ) -> InvarianceReport:
     """Runs the trainer's jitted `update` on every row of `batch` with 1 and with `microbatches`
-    micro-batches (SGD, learning rate 1, no clipping) and compares the loss, every metric and
-    the policy (and critic) gradients. Returns an `InvarianceReport` (max relative difference per
-    quantity, and the values with 1 micro-batch); raises an
-    AssertionError naming each quantity that differs by more than atol + rtol·|value| (for
-    gradients: per parameter leaf, in norm) and the ratio of the two values.
+    micro-batches (SGD, learning rate 1, no clipping: the step is exactly −gradient) and compares
+    the loss, every metric and the policy (and critic) gradients. Returns an `InvarianceReport`;
+    raises an AssertionError naming each quantity that differs by more than atol + rtol·|value|
+    (gradients: per parameter leaf, in norm), with both values and their ratio.
 
     algorithm: an `Algorithm`, or a registered name (built with its defaults).
-    params: the policy's params (`critic_params`: the critic's, needed with a value objective).
-    batch: a Rollout / PreferenceBatch as `update` gets it: after `prepare` (passes and
-      transform), its rows divisible by `microbatches`. `algo_state`: the state `prepare`
-      returned (default: `algorithm.transform.init()`).
-    temperature: the sampling temperature the trainer computes log-probs at.
-    compiler_options: XLA options to compile both updates with (e.g. tests on CPU:
+    params: the policy's params; `critic_params`: the critic's (needed with a value objective).
+    batch: a Rollout / PreferenceBatch as `update` gets it, i.e. after `prepare` (passes and
+      transform), with rows divisible by `microbatches`; `algo_state`: the state `prepare`
+      returned (default `algorithm.transform.init()`).
+    temperature: the sampling temperature, at which the trainer computes log-probs.
+    compiler_options: XLA options for compiling both updates (tests on CPU:
       {"xla_backend_optimization_level": 0} halves the compile time; same program and values).
 
-    Example, in a researcher's test (`trainer`, `state` and `batch` as in `Trainer._step`):
+    Both updates are traced at 'highest' matmul precision (accelerators may otherwise run float32
+    matmuls in TF32, whose rounding exceeds rtol); a bfloat16 model needs a larger rtol. Params
+    equal to the reference / old policy make log-ratios exactly 0 with one micro-batch and
+    rounding noise with k, which flips step-function metrics (accuracies, clip fractions) at
+    those ties: check with params moved away from them (tests/test_microbatch_invariance.py).
 
-        batch, state = prepare(state, batch, aux)
+    Example (`prepared_batch` of tests/test_microbatch_invariance.py builds the batch of a
+    Trainer's first step, as `Trainer._step` does):
+
+        trainer, state, batch = prepared_batch("my_algo", data_dir, tmp_path)
         report = jrl.check_microbatch_invariance(
-            "my_algo", trainer.model_config, state.params, batch._replace(metrics={}),
+            trainer.algorithm, trainer.model_config, state.params, batch,
             critic_params=state.critic_params, algo_state=state.algo_state,
         )
-        report.differences  # {'loss': 3e-07, 'pg_loss': 2e-07, ..., 'policy_grad': 1e-06}
+        report.differences  # {'loss': 3e-07, 'pg_loss': 2e-07, ..., 'policy_grad': 4e-07}
 
     With a bare `jnp.mean` over tokens the loss comes out ~`microbatches` times larger:
-    AssertionError: loss differs: 0.106 (1 micro-batch) vs 0.442 (4): ratio 4.17 — the
-    objective normalises by the micro-batch; use jaxrl_llm.objectives.token_mean / ...
+
+        AssertionError: micro-batch invariance violated:
+          loss differs: 3.04014 (1 micro-batch) vs 12.1606 (4): ratio 4 — the objective
+          normalises by the micro-batch; use jaxrl_llm.objectives.token_mean / sequence_mean ...
     """
     if isinstance(algorithm, str):
         algorithm = make_algorithm(algorithm)
@@ -182,8 +191,9 @@ def check_microbatch_invariance(
         algo_state = algorithm.transform.init()
     batch = batch._replace(metrics={})  # the trainer logs them after `prepare`, never updates with them
     args = (algorithm, model_config, params, critic_params, batch, algo_state)
-    one, g_one, critic_one = _update_outputs(*args, 1, temperature, compiler_options)
-    many, g_many, critic_many = _update_outputs(*args, microbatches, temperature, compiler_options)
+    with jax.default_matmul_precision("highest"):
+        one, g_one, critic_one = _update_outputs(*args, 1, temperature, compiler_options)
+        many, g_many, critic_many = _update_outputs(*args, microbatches, temperature, compiler_options)
     if set(one) != set(many):
         raise AssertionError(
             f"metrics differ: {sorted(one)} (1 micro-batch) vs {sorted(many)} ({microbatches})"

@@ -22,7 +22,7 @@ def overlong_shaping(max_len: int, cache_len: int, factor: float = 1.0) -> jrl.R
     return jrl.RolloutTransform(init=lambda: (), update=update)
 
 
-@jrl.register_algorithm("dapo")
+@jrl.register_algorithm("ext_dapo")
 def dapo(max_len: int = 6, cache_len: int = 2, factor: float = 1.0, max_rounds: int = 3) -> jrl.Algorithm:
     return jrl.Algorithm(
         data="rollout",
@@ -33,7 +33,7 @@ def dapo(max_len: int = 6, cache_len: int = 2, factor: float = 1.0, max_rounds: 
 
 
 def configure(config):
-    config.algo = {"name": "dapo", "max_len": config.sampling.max_new_tokens, "cache_len": 2, "max_rounds": 3}
+    config.algo = {"name": "ext_dapo", "max_len": config.sampling.max_new_tokens, "cache_len": 2, "max_rounds": 3}
     config.sft.steps = 0
     config.rewards = {"ext_finished": 1.0}  # some groups vary, some do not (a random policy)
     return config

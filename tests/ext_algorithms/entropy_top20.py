@@ -22,7 +22,7 @@ def top_entropy_tokens(rho: float = 0.2) -> jrl.RolloutTransform:
     return jrl.RolloutTransform(init=lambda: (), update=update)
 
 
-@jrl.register_algorithm("entropy_top20")
+@jrl.register_algorithm("ext_entropy_top20")
 def entropy_top20(rho: float = 0.2) -> jrl.Algorithm:
     return jrl.Algorithm(
         data="rollout",
@@ -33,7 +33,7 @@ def entropy_top20(rho: float = 0.2) -> jrl.Algorithm:
 
 
 def configure(config):
-    config.algo = {"name": "entropy_top20"}
+    config.algo = {"name": "ext_entropy_top20"}
     config.sft.steps = 0
     config.rewards = {"ext_finished": 1.0}
     return config

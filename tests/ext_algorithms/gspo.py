@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import jaxrl_llm as jrl
 
 
-@jrl.register_algorithm("gspo")
+@jrl.register_algorithm("ext_gspo")
 def gspo(clip_eps: float = 3e-4, clip_eps_high: float = 4e-4) -> jrl.Algorithm:
     def objective(outputs, batch, state):
         mask = jrl.loss_mask(batch)
@@ -29,7 +29,7 @@ def gspo(clip_eps: float = 3e-4, clip_eps_high: float = 4e-4) -> jrl.Algorithm:
 
 
 def configure(config):
-    config.algo = {"name": "gspo"}
+    config.algo = {"name": "ext_gspo"}
     config.sft.steps = 0
     config.rewards = {"ext_finished": 1.0}
     config.train.minibatches = 2  # two updates per rollout: the ratio (and its clip) move

@@ -18,7 +18,7 @@ def to_pairs(r, state):  # a RolloutTransform's update: rows 2b, 2b + 1 (prompt 
     return jrl.add_metrics(batch, tie_fraction=1.0 - jnp.mean(w)), state
 
 
-@jrl.register_algorithm("online_dpo")
+@jrl.register_algorithm("ext_online_dpo")
 def online_dpo(beta: float = 0.1) -> jrl.Algorithm:
     def objective(outputs, batch, state):  # outputs.logp: [2B, T], chosen rows then rejected rows
         b, mask = batch.chosen_ids.shape[0], jrl.loss_mask(batch)
@@ -34,6 +34,6 @@ def online_dpo(beta: float = 0.1) -> jrl.Algorithm:
 
 
 def configure(config):
-    config.algo, config.rewards = {"name": "online_dpo"}, {"ext_finished": 1.0}
+    config.algo, config.rewards = {"name": "ext_online_dpo"}, {"ext_finished": 1.0}
     config.sft.steps, config.sampling.num_samples = 0, 2  # two samples: one pair per prompt
     return config

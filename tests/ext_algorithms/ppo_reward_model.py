@@ -6,7 +6,7 @@ import jax
 
 import jaxrl_llm as jrl
 
-NAME = "ppo_reward_model"
+NAME = "ext_ppo_reward_model"
 RM_SHAPE = dict(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64)
 
 

@@ -9,7 +9,7 @@ reward per token, returns-to-go are normalised over the whole batch, PPO-clip pe
 import jaxrl_llm as jrl
 
 
-@jrl.register_algorithm("reinforce_pp")
+@jrl.register_algorithm("ext_reinforce_pp")
 def reinforce_pp(kl_coef: float = 0.01, clip_eps: float = 0.2) -> jrl.Algorithm:
     return jrl.Algorithm(
         data="rollout",
@@ -20,7 +20,7 @@ def reinforce_pp(kl_coef: float = 0.01, clip_eps: float = 0.2) -> jrl.Algorithm:
 
 
 def configure(config):
-    config.algo = {"name": "reinforce_pp", "kl_coef": 0.01}
+    config.algo = {"name": "ext_reinforce_pp", "kl_coef": 0.01}
     config.sft.steps = 0
     config.rewards = {"ext_finished": 1.0}
     config.train.minibatches = 2  # the policy moves away from the reference and the old policy

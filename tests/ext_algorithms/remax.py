@@ -9,7 +9,7 @@ baseline, one sample per prompt and one update per rollout:
 import jaxrl_llm as jrl
 
 
-@jrl.register_algorithm("remax")
+@jrl.register_algorithm("ext_remax")
 def remax(clip: float = 5.0) -> jrl.Algorithm:
     def objective(outputs, batch, state):
         mask = jrl.loss_mask(batch)
@@ -25,7 +25,7 @@ def remax(clip: float = 5.0) -> jrl.Algorithm:
 
 
 def configure(config):
-    config.algo = {"name": "remax"}
+    config.algo = {"name": "ext_remax"}
     config.sft.steps = 0
     config.sampling.num_samples = 1  # one sample per prompt; the baseline is the greedy one
     config.train.batch_size = 16

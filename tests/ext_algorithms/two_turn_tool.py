@@ -15,14 +15,14 @@ def answer_tool() -> jrl.Environment:
     return jrl.Environment(reset=lambda prompt, answer: (jrl.final_answer(answer), 0), step=step)
 
 
-@jrl.register_algorithm("two_turn_grpo")
+@jrl.register_algorithm("ext_two_turn_grpo")
 def two_turn_grpo(max_obs_tokens: int = 4, beta: float = 0.0, **grpo_args) -> jrl.Algorithm:
     tool = jrl.multi_turn("answer_tool", max_turns=2, max_obs_tokens=max_obs_tokens, score_turns="last")
     return jrl.grpo(beta=beta, **grpo_args)._replace(strategy=tool)
 
 
 def configure(config):
-    config.algo = {"name": "two_turn_grpo", "max_obs_tokens": 4}  # '=' + a 3-digit sum
+    config.algo = {"name": "ext_two_turn_grpo", "max_obs_tokens": 4}  # '=' + a 3-digit sum
     config.sft.steps = 0  # rows: 12 prompt + 2 turns x 6 + 4 observation tokens <= 64 positions
     config.rewards = {"ext_finished": 1.0}  # the answer turn ends with EOS: varies for a random policy
     return config
