@@ -9,43 +9,25 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+from jaxrl_llm.registry import Registry
 from jaxrl_llm.transforms.base import inject_hyperparams
 from jaxrl_llm.types import Algorithm, Pass, RolloutStrategy
 
-_REGISTRY: dict[str, Callable[..., Algorithm]] = {}
+_ALGORITHMS = Registry("algorithm", "algo.name", "jaxrl_llm.register_algorithm")
 _DATA_KINDS = ("rollout", "preference", "supervised")
 
 
 def register(name: str, *, overwrite: bool = False):
     """Decorator: `@register('my_grpo')` on a factory `(**hyperparams) -> Algorithm`."""
-
-    def decorator(factory):
-        previous = _REGISTRY.get(name)
-        # Re-registering the same function (a re-run notebook cell, a reloaded module) is fine.
-        if previous is not None and not overwrite and _qualified(previous) != _qualified(factory):
-            raise ValueError(f"algorithm {name!r} is already registered; pass overwrite=True to replace it")
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorator
-
-
-def _qualified(fn) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+    return _ALGORITHMS.register(name, overwrite=overwrite)
 
 
 def registered_algorithms() -> list[str]:
-    return sorted(_REGISTRY)
+    return _ALGORITHMS.names()
 
 
 def get_factory(name: str) -> Callable[..., Algorithm]:
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"unknown algorithm {name!r} (config field algo.name); known algorithms: "
-            f"{', '.join(registered_algorithms())}. Register a new one with "
-            "@jaxrl_llm.register_algorithm(name)."
-        )
-    return _REGISTRY[name]
+    return _ALGORITHMS.get(name)
 
 
 def make_algorithm(name: str, **hyperparams) -> Algorithm:

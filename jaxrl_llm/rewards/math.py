@@ -19,10 +19,11 @@ from decimal import Decimal, InvalidOperation
 import numpy as np
 
 from jaxrl_llm.data.sources import final_answer
+from jaxrl_llm.registry import Registry, qualified_name
 
 RewardFn = Callable[..., float]
 
-_REWARDS: dict[str, RewardFn] = {}
+_REWARDS = Registry("reward", "rewards", "jaxrl_llm.rewards.register_reward")
 
 
 class RewardFunctionError(RuntimeError):
@@ -31,35 +32,17 @@ class RewardFunctionError(RuntimeError):
 
 def register_reward(name: str):
     """Decorator registering a reward function under `name` (usable from configs' `rewards`)."""
-
-    def register(fn: RewardFn) -> RewardFn:
-        previous = _REWARDS.get(name)
-        # Re-registering the same function (e.g. a reloaded module) is fine; a clash is not.
-        if previous is not None and _qualified(previous) != _qualified(fn):
-            raise ValueError(f"reward {name!r} is already registered to {_qualified(previous)}")
-        _REWARDS[name] = fn
-        return fn
-
-    return register
-
-
-def _qualified(fn) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+    return _REWARDS.register(name)
 
 
 def get_reward(name: str) -> RewardFn:
     """The reward function registered under `name`; ValueError listing the known ones otherwise."""
-    if name not in _REWARDS:
-        raise ValueError(
-            f"unknown reward {name!r} in config field rewards; known rewards: {list_rewards()}. "
-            "Register new ones with @jaxrl_llm.rewards.register_reward(name)."
-        )
-    return _REWARDS[name]
+    return _REWARDS.get(name)
 
 
 def list_rewards() -> list[str]:
     """Names of all registered reward functions, sorted."""
-    return sorted(_REWARDS)
+    return _REWARDS.names()
 
 
 # A number: optional sign and '$', thousands separated by commas or plain digits, optional decimals.
@@ -244,11 +227,11 @@ def _batched_column(name, fn, batched, prompts, completions, answers, finished) 
         )
     except Exception as e:
         raise RewardFunctionError(
-            f"reward function {name!r} ({_qualified(fn)}) raised {type(e).__name__}: {e}"
+            f"reward function {name!r} ({qualified_name(fn)}) raised {type(e).__name__}: {e}"
         ) from e
     if column.shape != (len(completions),) or not np.isfinite(column).all():
         raise RewardFunctionError(
-            f"reward function {name!r} ({_qualified(fn)}).batched returned shape {column.shape} or non-finite "
+            f"reward function {name!r} ({qualified_name(fn)}).batched returned shape {column.shape} or non-finite "
             f"values; it must return {len(completions)} finite floats"
         )
     return column
@@ -257,5 +240,5 @@ def _batched_column(name, fn, batched, prompts, completions, answers, finished) 
 def _reward_error(name: str, fn, index: int, sample: dict, problem: str) -> RewardFunctionError:
     shown = "".join(f"\n  {k}: {_shorten(v) if isinstance(v, str) else v}" for k, v in sample.items())
     return RewardFunctionError(
-        f"reward function {name!r} ({_qualified(fn)}) {problem} on sample {index}:{shown}"
+        f"reward function {name!r} ({qualified_name(fn)}) {problem} on sample {index}:{shown}"
     )

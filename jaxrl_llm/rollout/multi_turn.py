@@ -59,6 +59,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxrl_llm.registry import Registry
 from jaxrl_llm.rollout.strategies import PromptBatch, StrategyContext, extend_prompts, register_strategy
 from jaxrl_llm.types import Rollout, RolloutStrategy
 
@@ -89,40 +90,22 @@ class Environment(NamedTuple):
     step: Callable[[Any, str, list], tuple[Any, Observation]]
 
 
-_ENVIRONMENTS: dict[str, Callable[..., Environment]] = {}
+_ENVIRONMENTS = Registry("environment", "rollout.env", "jaxrl_llm.register_environment")
 
 
-def register_environment(name: str):
+def register_environment(name: str, *, overwrite: bool = False):
     """Decorator registering an environment factory `(**kwargs) -> Environment` under `name`
     (selectable as `multi_turn(env=name, env_args=...)` or config.rollout.env)."""
-
-    def decorator(factory):
-        previous = _ENVIRONMENTS.get(name)
-        if previous is not None and _qualified(previous) != _qualified(factory):
-            raise ValueError(f"environment {name!r} is already registered to {_qualified(previous)}")
-        _ENVIRONMENTS[name] = factory
-        return factory
-
-    return decorator
-
-
-def _qualified(fn) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+    return _ENVIRONMENTS.register(name, overwrite=overwrite)
 
 
 def registered_environments() -> list[str]:
-    return sorted(_ENVIRONMENTS)
+    return _ENVIRONMENTS.names()
 
 
 def get_environment(name: str, **kwargs) -> Environment:
     """The registered environment `name` built with `kwargs`."""
-    if name not in _ENVIRONMENTS:
-        raise ValueError(
-            f"unknown environment {name!r} (multi_turn's env, config field rollout.env); known: "
-            f"{', '.join(registered_environments()) or 'none'}. Register one with "
-            "@register_environment(name)."
-        )
-    env = _ENVIRONMENTS[name](**kwargs)
+    env = _ENVIRONMENTS.get(name)(**kwargs)
     if not isinstance(env, Environment):
         raise TypeError(f"environment factory {name!r} returned {type(env).__name__}, not an Environment")
     return env

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxrl_llm.registry import Registry
 from jaxrl_llm.types import Rollout, RolloutStrategy
 
 
@@ -417,31 +418,21 @@ def hinted_prefix(
     return RolloutStrategy(collect)
 
 
-_REGISTRY: dict[str, Callable[..., RolloutStrategy]] = {}
+_STRATEGIES = Registry("rollout strategy", "rollout.name", "jaxrl_llm.register_strategy")
 
 
-def register_strategy(name: str):
+def register_strategy(name: str, *, overwrite: bool = False):
     """Decorator registering a strategy factory under `name` (selectable as config.rollout.name)."""
-
-    def decorator(factory):
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorator
+    return _STRATEGIES.register(name, overwrite=overwrite)
 
 
 def registered_strategies() -> list[str]:
-    return sorted(_REGISTRY)
+    return _STRATEGIES.names()
 
 
 def make_strategy(name: str, **kwargs) -> RolloutStrategy:
     """Builds a registered strategy; unknown names and arguments name the config field."""
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"unknown rollout strategy {name!r} (config field rollout.name); known: {', '.join(registered_strategies())}. "
-            "Register one with @jaxrl_llm.register_strategy(name)."
-        )
-    factory = _REGISTRY[name]
+    factory = _STRATEGIES.get(name)
     params = inspect.signature(factory).parameters
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
