@@ -6,10 +6,15 @@ jobs write to `--workdir` (default `runs/<config.name>`) and resume when it hold
 Multi-process: start the same command once per process with `--config.distributed.process_id=i`
 (plus `coordinator_address`, `num_processes`), or with the environment variables
 JAXRL_COORDINATOR / JAXRL_NUM_PROCESSES / JAXRL_PROCESS_ID; see jaxrl_llm/distributed.py.
+
+Exit status (for schedulers; `jaxrl_llm/train/workdir.py`): 0 finished; 143 (128 + SIGTERM) or
+130 (128 + SIGINT) stopped by that signal after writing a checkpoint: requeue the same command to
+resume; 75 (`EXIT_WORKDIR_LOCKED`) another process holds the workdir; 1 any other error.
 """
 
 import logging
 import os
+import sys
 
 import jax
 from absl import app, flags
@@ -19,6 +24,13 @@ from ml_collections import config_flags
 from jaxrl_llm.distributed import initialize_distributed
 from jaxrl_llm.sample_job import run_sampling
 from jaxrl_llm.train.trainer import Interrupted, train
+from jaxrl_llm.train.workdir import (  # noqa: F401  (the documented statuses, importable from here)
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_WORKDIR_LOCKED,
+    WorkdirLockedError,
+    exit_status,
+)
 
 JOBS = {"sample": run_sampling, "train": train}
 
@@ -47,7 +59,11 @@ def main(argv):
     try:
         JOBS[config.job](config, workdir)
     except Interrupted as stop:
-        print(stop)
+        print(stop, flush=True)
+        sys.exit(exit_status(stop.signum))
+    except WorkdirLockedError as busy:
+        print(f"error: {busy}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_WORKDIR_LOCKED)
 
 
 if __name__ == "__main__":

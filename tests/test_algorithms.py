@@ -245,7 +245,9 @@ def test_transforms_report_metrics_and_respect_the_loss_mask():
     np.testing.assert_allclose(out.metrics["kl_in_reward"], k1, rtol=1e-5)
     np.testing.assert_allclose(out.token_rewards[0], [-0.1 * k1, 0.0, 1.0 - 0.1 * k1], atol=1e-6)
     algo = make_algorithm("grpo", beta=0.0)
-    out, _ = algo.transform.update(rollout([1.0, 0.0], [[1, 1, 1]] * 2, loss_mask=jnp.asarray([[1.0, 0, 1]] * 2)), ())
+    out, _ = algo.transform.update(
+        rollout([1.0, 0.0], [[1, 1, 1]] * 2, loss_mask=jnp.asarray([[1.0, 0, 1]] * 2)), ()
+    )
     assert out.advantages[:, 1].tolist() == [0.0, 0.0]  # an attended token without loss gets no advantage
 
 

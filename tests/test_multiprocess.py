@@ -21,6 +21,7 @@ import pytest
 from jaxrl_llm.data.arithmetic import prepare_arithmetic
 from jaxrl_llm.distributed import DistributedSettings, distributed_config, resolve_settings
 from jaxrl_llm.train.metrics import MetricsWriter
+from jaxrl_llm.train.workdir import EXIT_SIGTERM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300  # per run of the processes
@@ -29,7 +30,14 @@ DEVICES = 4  # global mesh: data=1 x fsdp=2 x tensor=2
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 ROWS_PER_STEP = 8 * 4  # smoke config: 8 prompts x 4 samples, each scored once
 SFT_STEPS, MAIN_STEPS, STOP_AFTER_MAIN_STEP = 4, 6, 3
-TIMING_KEYS = {"step_time", "update_time", "sample_time", "score_time", "rollout_time", "generation_tokens_per_s"}
+TIMING_KEYS = {
+    "step_time",
+    "update_time",
+    "sample_time",
+    "score_time",
+    "rollout_time",
+    "generation_tokens_per_s",
+}
 
 # The entry point, plus a reward that SIGTERMs its own process at the STOP_AFTER_CALLS-th sample.
 SCRIPT = """
@@ -106,9 +114,9 @@ def start(workdir, data_dir, num_processes: int, stop_process_1_after_calls: int
     return Run(f"{num_processes}-process run in {os.path.basename(workdir)}", procs, logs)
 
 
-def finish(run: Run) -> list[str]:
-    """Each process's output once all exited; fails, showing every process's output, on a
-    non-zero exit or after TIMEOUT_S (then the processes are killed)."""
+def finish(run: Run, status: int = 0) -> list[str]:
+    """Each process's output once all exited; fails, showing every process's output, on an
+    exit status other than `status` or after TIMEOUT_S (then the processes are killed)."""
     deadline = time.time() + TIMEOUT_S
     while time.time() < deadline and any(p.poll() is None for p in run.procs):
         time.sleep(0.2)
@@ -121,7 +129,7 @@ def finish(run: Run) -> list[str]:
         log.seek(0)
         outputs.append(log.read())
         log.close()
-    if timed_out or any(p.returncode for p in run.procs):
+    if timed_out or any(p.returncode != status for p in run.procs):
         shown = "\n".join(
             f"----- process {i} (exit {p.returncode}{', timed out' if i in timed_out else ''}):\n{out[-4000:]}"
             for i, (p, out) in enumerate(zip(run.procs, outputs, strict=True))
@@ -156,7 +164,7 @@ def test_two_processes_stop_resume_and_equal_one_process(tfds_dir, tmp_path):
     # compiles every time while process 0, reading the cache, waits for it.
     reference = start(single, tfds_dir, num_processes=1)
     stopped = start(multi, tfds_dir, 2, stop_process_1_after_calls=STOP_AFTER_MAIN_STEP * ROWS_PER_STEP)
-    outputs = finish(stopped)
+    outputs = finish(stopped, status=EXIT_SIGTERM)  # preempted: the documented status
     finish(reference)
 
     stop_step = SFT_STEPS + STOP_AFTER_MAIN_STEP

@@ -283,8 +283,12 @@ def test_score_completions_uses_a_batched_form_in_one_call():
         return [float(len(c)) for c in completions]
 
     per_sample.batched = batched
-    total, values = score_completions([("lengths", per_sample, 2.0)], ["p"] * 3, ["a", "bb", ""], ["x"] * 3, [True] * 3)
-    assert calls == [3] and values["lengths"].tolist() == [1.0, 2.0, 0.0] and total.tolist() == [2.0, 4.0, 0.0]
+    total, values = score_completions(
+        [("lengths", per_sample, 2.0)], ["p"] * 3, ["a", "bb", ""], ["x"] * 3, [True] * 3
+    )
+    assert (
+        calls == [3] and values["lengths"].tolist() == [1.0, 2.0, 0.0] and total.tolist() == [2.0, 4.0, 0.0]
+    )
     per_sample.batched = lambda *args: [1.0, float("nan"), 0.0]
     with pytest.raises(RewardFunctionError, match="non-finite"):
         score_completions([("lengths", per_sample, 1.0)], ["p"] * 3, ["a", "bb", ""], ["x"] * 3, [True] * 3)

@@ -19,7 +19,9 @@ def prompts(values, width=3):
     ids[:, -1] = values
     mask = np.zeros((n, width), np.int32)
     mask[:, -1] = 1
-    return jrl.PromptBatch(ids, mask, np.array([str(v) for v in values]), np.array([str(v) for v in values]), np.arange(n))
+    return jrl.PromptBatch(
+        ids, mask, np.array([str(v) for v in values]), np.array([str(v) for v in values]), np.arange(n)
+    )
 
 
 class FakeTokenizer:
@@ -45,7 +47,9 @@ def fake_context(reward_of, extra=None, calls=None):
             calls.append((len(ids), temperature, num_samples))
         resp_mask = np.zeros((n, T), np.int32)
         resp_mask[:, :2] = 1
-        return SampleOutput(resp, resp_mask, -np.ones((n, T), np.float32) * resp_mask, np.zeros(n, np.int32), 2)
+        return SampleOutput(
+            resp, resp_mask, -np.ones((n, T), np.float32) * resp_mask, np.zeros(n, np.int32), 2
+        )
 
     def score_fn(rows, response_ids, response_mask, completions, finished):
         rewards = np.array([reward_of(int(r[0]), int(r[1])) for r in response_ids], np.float32)
@@ -73,7 +77,9 @@ def test_dynamic_sampling_drops_constant_groups_and_draws_more_prompts():
     r = strategy.collect(ctx, prompts([1, 2, 3]), jax.random.PRNGKey(0))
     assert r.prompt_ids[::G, -1].tolist() == [1, 3, 10]  # in sampling order, constant groups dropped
     assert r.group_ids.tolist() == [0, 0, 1, 1, 2, 2] and r.rewards.shape == (6,)
-    assert r.metrics["dynamic_sampling/sampled_groups"] == 6 and r.metrics["dynamic_sampling/kept_groups"] == 3
+    assert (
+        r.metrics["dynamic_sampling/sampled_groups"] == 6 and r.metrics["dynamic_sampling/kept_groups"] == 3
+    )
     assert r.metrics["dynamic_sampling/rounds"] == 2 and r.metrics["dynamic_sampling/filled_groups"] == 0
     again = strategy.collect(ctx, prompts([1, 2, 3]), jax.random.PRNGKey(0))
     jax.tree.map(np.testing.assert_array_equal, tuple(r[:4]), tuple(again[:4]))  # deterministic
@@ -109,13 +115,23 @@ def test_hinted_prefix_attends_to_the_hint_without_loss():
     r = strategy.collect(ctx, prompts([1, 2]), jax.random.PRNGKey(0))
     assert r.response_ids.shape == (4, 3 + T)
     assert r.response_ids[0, :4].tolist() == [7, 7, 7, 0]  # hint, then the sample continuing (last token 7)
-    assert r.response_mask[0].tolist() == [1, 1, 1, 1, 0, 0, 0] and r.loss_mask[0].tolist() == [0, 0, 1, 1, 0, 0, 0]
+    assert r.response_mask[0].tolist() == [1, 1, 1, 1, 0, 0, 0] and r.loss_mask[0].tolist() == [
+        0,
+        0,
+        1,
+        1,
+        0,
+        0,
+        0,
+    ]
     assert r.logp_behav[0, :2].tolist() == [0, 0] and r.extras["hinted"].tolist() == [1, 1, 0, 0]
     assert r.loss_mask[2].tolist() == [1, 1, 0, 0, 0, 0, 0]  # no hint: trained from the first token
 
 
 def test_strategy_registry_names_the_config_field():
-    assert {"group_sampling", "dynamic_sampling", "greedy_baseline", "best_of_n"} <= set(jrl.registered_strategies())
+    assert {"group_sampling", "dynamic_sampling", "greedy_baseline", "best_of_n"} <= set(
+        jrl.registered_strategies()
+    )
     assert jrl.make_strategy("dynamic_sampling", max_rounds=2, inner="greedy_baseline")
     with pytest.raises(ValueError, match=r"rollout\.max_round.*accepts: inner, keep, max_rounds"):
         jrl.make_strategy("dynamic_sampling", max_round=2)

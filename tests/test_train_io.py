@@ -4,7 +4,6 @@ import glob
 import json
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxrl_llm.train.checkpoint import COMMIT_FILE, Checkpointer, save_on_sigterm
+from jaxrl_llm.train.checkpoint import COMMIT_FILE, Checkpointer
 from jaxrl_llm.train.metrics import MetricsWriter, read_metrics
 from jaxrl_llm.train.plots import plot_curves
 
@@ -310,27 +309,6 @@ def test_checkpoint_rejects_abstract_mesh_shardings(tmp_path):
 
 
 # ---------------------------------------------------------------- signals
-
-
-def test_save_on_sigterm_sets_flag_and_restores_handlers():
-    previous_term = signal.getsignal(signal.SIGTERM)
-    previous_int = signal.getsignal(signal.SIGINT)
-    with save_on_sigterm() as stop:
-        assert not stop.requested()
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.requested() and stop.signum == signal.SIGTERM
-    assert signal.getsignal(signal.SIGTERM) is previous_term
-    assert signal.getsignal(signal.SIGINT) is previous_int
-
-    with save_on_sigterm() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.signum == signal.SIGINT
-        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C still interrupts
-            os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is previous_int
-
-
-# ---------------------------------------------------------------- plots
 
 
 def test_plot_curves_writes_png(tmp_path):

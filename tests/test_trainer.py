@@ -24,7 +24,14 @@ from jaxrl_llm.train.trainer import NonFiniteLossError, Trainer, train
 from jaxrl_llm.types import Algorithm, RolloutTransform
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING_KEYS = {"step_time", "update_time", "sample_time", "score_time", "rollout_time", "generation_tokens_per_s"}
+TIMING_KEYS = {
+    "step_time",
+    "update_time",
+    "sample_time",
+    "score_time",
+    "rollout_time",
+    "generation_tokens_per_s",
+}
 
 
 def load_config(name: str, arg: str | None = "smoke"):

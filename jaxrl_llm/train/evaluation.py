@@ -17,6 +17,10 @@ from jaxrl_llm.rollout.strategies import decode_responses
 from jaxrl_llm.train.forward import policy_outputs
 
 
+class EvaluationInterrupted(Exception):
+    """`Evaluator.should_stop()` became true between two batches (a SIGTERM/SIGINT to the run)."""
+
+
 def pass_at_k(num_samples: int, num_correct: np.ndarray, k: int) -> np.ndarray:
     """Unbiased pass@k from n samples with c correct (Chen et al. 2021, arXiv 2107.03374):
     1 - C(n - c, k) / C(n, k). With n == k it is 1 if any sample is correct."""
@@ -26,7 +30,9 @@ def pass_at_k(num_samples: int, num_correct: np.ndarray, k: int) -> np.ndarray:
 
 class Evaluator:
     """`evaluator(params, split, ref_params, algorithm) -> {metric: value}` on the first
-    `eval.num_prompts` records of `split`, in fixed-size batches (one compile per sampler)."""
+    `eval.num_prompts` records of `split`, in fixed-size batches (one compile per sampler).
+    `should_stop` (set by the trainer: a signal arrived) is checked before every batch and
+    raises `EvaluationInterrupted`, so a signal waits for one batch at most."""
 
     def __init__(
         self,
@@ -58,6 +64,7 @@ class Evaluator:
             else None
         )
         self.rng = jax.random.PRNGKey(config.seed + 12345)
+        self.should_stop = lambda: False  # every process must give the same answer at each batch
         self._pair_logps = jax.jit(self._pair_logps_fn)
 
     def _batches(self, split: str, kind: str):
@@ -99,6 +106,7 @@ class Evaluator:
         n, batches = self._batches(split, "prompts")
         greedy, num_correct = [], []
         for i, batch in enumerate(batches):
+            self._check_stop()
             greedy.append(self._correct(self.greedy, params, batch, self.rng, 1)[:, 0])
             if sampled and self.sampled is not None:
                 rng = jax.random.fold_in(self.rng, i + 1)
@@ -111,6 +119,10 @@ class Evaluator:
         if algorithm is not None and algorithm.data == "preference":
             results.update(self._preference_accuracy(params, ref_params, split))
         return results
+
+    def _check_stop(self) -> None:
+        if self.should_stop():
+            raise EvaluationInterrupted("evaluation interrupted by a signal")
 
     def _pair_logps_fn(self, params, batch):
         def logps(ids, mask):
@@ -127,6 +139,7 @@ class Evaluator:
         n, batches = self._batches(split, "preference")
         margins, ref_margins = [], []
         for batch in batches:
+            self._check_stop()
             arrays = {k: v for k, v in batch.items() if k.endswith(("_ids", "_mask"))}
             c, r = self._pair_logps(params, arrays)
             margins.append(sharding.to_host(c - r))

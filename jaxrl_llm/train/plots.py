@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 
 from jaxrl_llm.train.metrics import read_metrics
+from jaxrl_llm.train.workdir import atomic_open
 
 Panel = tuple[str, Sequence[tuple[str, str]]]
 
@@ -19,7 +20,8 @@ def plot_curves(
 ) -> str:
     """Draws one subplot per panel `(panel_title, [(phase, key), ...])`, x = step; returns the path.
 
-    Curves whose key never appears are skipped; an empty panel says "no data".
+    Curves whose key never appears are skipped; an empty panel says "no data". The PNG replaces
+    `out_png` whole (written to `out_png + '.tmp'` first).
 
     Example:
       plot_curves(workdir + "/metrics.jsonl", workdir + "/curves.png", [
@@ -57,6 +59,6 @@ def plot_curves(
         ax.grid(alpha=0.3)
     fig.suptitle(title or os.path.basename(os.path.dirname(os.path.abspath(metrics_jsonl_path))))
     out_png = os.fspath(out_png)
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    with atomic_open(out_png, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     return out_png

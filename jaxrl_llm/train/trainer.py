@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import time
 from typing import Any
 
@@ -38,12 +39,21 @@ from jaxrl_llm.rewards.models import RewardSources
 from jaxrl_llm.rollout.sampler import SamplingConfig, make_sampler
 from jaxrl_llm.rollout.strategies import PromptBatch, StrategyContext, group_sampling, make_strategy
 from jaxrl_llm.train import builders
-from jaxrl_llm.train.checkpoint import Checkpointer, save_on_sigterm
-from jaxrl_llm.train.evaluation import Evaluator
-from jaxrl_llm.train.metrics import MetricsWriter
+from jaxrl_llm.train.checkpoint import COMMIT_FILE, Checkpointer
+from jaxrl_llm.train.evaluation import EvaluationInterrupted, Evaluator
+from jaxrl_llm.train.metrics import MetricsWriter, read_metrics, summary_from_metrics
 from jaxrl_llm.train.plots import plot_curves
 from jaxrl_llm.train.steps import TrainState, make_step_fns, reference_params, state_shardings
 from jaxrl_llm.train.validation import check_workdir, validate_config, validate_model
+from jaxrl_llm.train.workdir import (
+    atomic_write_json,
+    committed_checkpoints,
+    exit_status,
+    handle_preemption,
+    lock_workdir,
+    read_json,
+    save_tokenizer,
+)
 from jaxrl_llm.transforms.base import InjectState
 from jaxrl_llm.types import Algorithm, PreferenceBatch, Rollout, RolloutStrategy
 
@@ -53,7 +63,12 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Interrupted(Exception):
-    """SIGTERM/SIGINT arrived; a checkpoint of the last completed step was written."""
+    """SIGTERM/SIGINT arrived; a checkpoint of the last completed step was written (`signum`:
+    the signal; `python -m jaxrl_llm.main` exits with 128 + signum, see train/workdir.py)."""
+
+    def __init__(self, message: str, signum: int | None = None):
+        super().__init__(message)
+        self.signum = signum or signal.SIGTERM
 
 
 @dataclasses.dataclass
@@ -220,11 +235,21 @@ class Trainer:
         )
         self._check_data()
         self.is_primary = distributed.is_primary()  # the process that writes files
+        self.lock = None
         if self.is_primary:
             check_workdir(self.workdir)
-        self._check_config_snapshot()
-        if self.is_primary:  # after the snapshot check: a refused run leaves the workdir as it was
-            self.tokenizer.save(os.path.join(workdir, "tokenizer"))
+            # Before config.json is read: a second process on this workdir stops here
+            # (WorkdirLockedError naming the holder's pid), so the check below cannot race.
+            self.lock = lock_workdir(self.workdir)
+        try:
+            self.summary: dict[str, Any] = self._read_summary()  # a damaged summary.json refuses here
+            self._check_config_snapshot()
+            if self.is_primary:  # after the snapshot check: a refused run leaves the workdir as it was
+                save_tokenizer(self.tokenizer, os.path.join(self.workdir, "tokenizer"))
+        except BaseException:
+            if self.lock is not None:  # refused: the workdir is free again
+                self.lock.release()
+            raise
         s = config.sampling
         self.sampling = SamplingConfig(
             max_new_tokens=s.max_new_tokens,
@@ -247,19 +272,60 @@ class Trainer:
             self.partitioning,
         )
         self.writer: MetricsWriter | None = None
-        self.summary: dict[str, Any] = {}
+        # Lines of metrics.jsonl when the current phase started (from the previous phase's last
+        # checkpoint): a phase resumed before its first checkpoint keeps only those.
+        self._metrics_rows: int | None = 0
         self.step_fns: dict[str, tuple] = {}  # phase -> (prepare, update) last used, for compile checks
         self._step_fn_cache: dict[tuple, tuple] = {}
         self._last_tagged: int | None = None
         self.final_state: TrainState | None = None
 
     # ------------------------------------------------------------------ setup helpers
+    def _read_summary(self) -> dict:
+        """summary.json (damaged: refused, naming it); missing: rebuilt from metrics.jsonl."""
+        summary = read_json(
+            self.workdir,
+            "summary.json",
+            "restore it, or delete it to rebuild it from metrics.jsonl (its before/after evaluations)",
+        )
+        if summary is None:
+            summary = summary_from_metrics(read_metrics(self.workdir))
+        return summary
+
     def _check_config_snapshot(self) -> None:
+        """Refuses a config that differs from the run's `config.json` (but for
+        `_RESUMABLE_CHANGES`), then writes it. Unreadable, or missing while checkpoints exist (so
+        the checkpoints' config cannot be checked): refused, with the fix; this command's config
+        is then left in `config.proposed.json` for an operator who knows it is the run's."""
         path = os.path.join(self.workdir, "config.json")
         current = json.loads(self.config.to_json_best_effort(sort_keys=True))
-        if os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
+        checkpoints = committed_checkpoints(self.workdir)
+        proposed = os.path.join(self.workdir, "config.proposed.json")
+        fix = (
+            f"restore it (the config the run started with), or, if this command is the one that started "
+            f"the run, `mv {proposed} {path}` and rerun; or use a new --workdir to start over"
+        )
+        try:
+            saved = read_json(
+                self.workdir,
+                "config.json",
+                fix
+                if checkpoints
+                else "delete it (the workdir has no checkpoints: the run starts over with this command's config) or restore it",
+            )
+        except ValueError:
+            if checkpoints and self.is_primary:
+                atomic_write_json(proposed, current, sort_keys=True)
+            raise
+        if saved is None and checkpoints:
+            if self.is_primary:
+                atomic_write_json(proposed, current, sort_keys=True)
+            shown = ", ".join(checkpoints[-3:])
+            raise ValueError(
+                f"workdir {self.workdir!r} holds checkpoints ({shown}) but no config.json, so this "
+                f"command's config cannot be checked against the one they were trained with: {fix}"
+            )
+        if saved is not None:
             flat_saved, flat_now = _flatten(saved), _flatten(current)
             changed = sorted(
                 k for k in set(flat_saved) | set(flat_now) if flat_saved.get(k) != flat_now.get(k)
@@ -271,9 +337,7 @@ class Trainer:
                     f"{', '.join(changed[:10])}); use a new --workdir, or delete the old one to start over"
                 )
         if self.is_primary:  # atomically: the other processes may be reading it
-            with open(path + ".tmp", "w") as f:
-                json.dump(current, f, indent=2, sort_keys=True)
-            os.replace(path + ".tmp", path)
+            atomic_write_json(path, current, sort_keys=True)
 
     def _check_data(self) -> None:
         """Prompts of the training split (up to data.check_records): length, fields, encodability."""
@@ -346,19 +410,50 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
-        """Runs (or resumes) every phase; returns the summary also written to summary.json."""
+        """Runs (or resumes) every phase; returns the summary also written to summary.json.
+        Releases the workdir's lock (taken in `__init__`) when it returns or raises."""
+        if self.is_primary and self.lock is None:  # a second fit(): taken again
+            self.lock = lock_workdir(self.workdir)
+        try:
+            return self._fit()
+        finally:  # the workdir is free for the next run (another process, or a rerun)
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+
+    def _fit(self) -> dict:
         params = self.init_params
         global_step = 0
-        if os.path.exists(self._summary_path):
-            with open(self._summary_path) as f:
-                self.summary = json.load(f)
+        self._metrics_rows = 0
         self.summary["model_params"] = self.model_config.num_params
-        with save_on_sigterm() as signals:
-            for phase in self.phases:
-                params, global_step = self._run_phase(phase, params, global_step, signals)
-        self._plot()
-        self._save_summary()
+        # SIGTERM/SIGINT: a checkpoint, then Interrupted (exit 128 + signum). The watchdog ends a
+        # run stuck in a long compile when it holds nothing unsaved (one process only: in a
+        # multi-process run the processes must stop together, at the same step).
+        with handle_preemption(watchdog=jax.process_count() == 1) as signals:
+            self.evaluator.should_stop = lambda: distributed.any_process(signals.requested())
+            try:
+                for i, phase in enumerate(self.phases):
+                    if self._later_phase_started(i):  # finished, whatever its own checkpoints say
+                        print(f"[{phase.name}] finished earlier: a later phase has checkpoints; skipped")
+                        continue
+                    params, global_step = self._run_phase(phase, params, global_step, signals)
+            finally:
+                self.evaluator.should_stop = lambda: False
+            self._plot()
+            self._save_summary()
         return self.summary
+
+    def _later_phase_started(self, index: int) -> bool:
+        """A phase after `index` has a committed checkpoint, so phase `index` ran to its end
+        (its state is in that checkpoint): it is not resumed even if its own last step is
+        damaged and falls back."""
+        for phase in self.phases[index + 1 :]:
+            directory = os.path.join(self.workdir, "checkpoints", phase.name)
+            if os.path.isdir(directory) and any(
+                os.path.exists(os.path.join(directory, step, COMMIT_FILE)) for step in os.listdir(directory)
+            ):
+                return True
+        return False
 
     @property
     def _summary_path(self) -> str:
@@ -367,8 +462,7 @@ class Trainer:
     def _save_summary(self) -> None:
         if not self.is_primary:
             return
-        with open(self._summary_path, "w") as f:
-            json.dump(self.summary, f, indent=2)
+        atomic_write_json(self._summary_path, self.summary)
 
     def _run_phase(self, phase: Phase, params, global_step: int, signals):
         cfg = self.config
@@ -379,9 +473,11 @@ class Trainer:
         )
         state = self._initial_state(phase, params, global_step)
         start = global_step
-        latest = ckpt.latest_step()
-        if latest is not None:
-            state, meta = ckpt.restore(latest, abstract_state=state)
+        # Verified; a damaged latest step is reported, moved aside, and the previous one used.
+        restored = ckpt.restore_latest_good(abstract_state=state)
+        latest = None if restored is None else restored[0]
+        if restored is not None:
+            _, state, meta = restored
             check_aux_record(meta.get("aux_models"), self.aux_models, f"{ckpt.directory}/{latest}")
             start = meta["phase_start"]
             if meta.get("done"):
@@ -395,12 +491,25 @@ class Trainer:
                 ckpt.close()
                 self.final_state = state
                 self._last_tagged = int(state.step)  # its 'after' evaluation is in the metrics
+                self._metrics_rows = meta.get("metrics_rows")  # where the next phase's lines start
                 return state.params, int(state.step)
             global_step = int(state.step)
+            pending = meta.get("pending")  # what a signal interrupted at this step
+            keep_rows = meta.get("metrics_rows")  # None: a checkpoint older than the count
             print(f"[{phase.name}] resuming from the checkpoint at step {global_step}")
-        self.writer = MetricsWriter(self.workdir, resume_step=global_step, active=self.is_primary)
+        else:
+            pending, keep_rows = None, self._metrics_rows
+        # Exactly once: the lines written after the checkpoint resumed from (before the phase's
+        # first checkpoint: after the phase's start, its 'before' evaluation included) are dropped.
+        self.writer = MetricsWriter(
+            self.workdir, resume_step=global_step, keep_rows=keep_rows, active=self.is_primary
+        )
+        signals.clean = True  # the last checkpoint (or the phase's start) holds everything so far
         if latest is None:
-            self._evaluate(phase, state, global_step, tag="before")
+            try:
+                self._evaluate(phase, state, global_step, tag="before")
+            except EvaluationInterrupted:  # nothing to save: a rerun starts the phase again
+                self._stop(signals, ckpt, global_step)
         seed = cfg.seed + (1 if phase.name == "main" else 0)
         dataset = self._datasets(phase, seed)
         # Extra prompts for strategies that draw more (dynamic sampling): another order of the
@@ -408,42 +517,82 @@ class Trainer:
         extra = self._datasets(phase, seed + 7919) if phase.algorithm.data == "rollout" else None
         end = start + phase.steps
         meta = {"phase": phase.name, "phase_start": start, "aux_models": aux_record(self.aux_models)}
-        stop = False
+        stop = pending == "after"  # only the 'after' evaluation was left
         with tqdm(
             total=phase.steps,
             initial=global_step - start,
             desc=phase.name,
             disable=not (cfg.progress and self.is_primary),
         ) as bar:
+            if pending == "eval":  # stopped during this step's periodic evaluation: done first
+                stop = self._periodic_evaluation(phase, ckpt, state, global_step, meta, signals)
             while global_step < end and not stop:
                 t0 = time.perf_counter()
                 state, metrics = self._step(phase, state, dataset, extra, global_step - start)
                 global_step = int(state.step)
+                signals.clean = False  # a step the last checkpoint lacks
                 metrics["step_time"] = time.perf_counter() - t0
                 self.writer.write(global_step, metrics, phase=phase.name)
                 bar.update(1)
                 bar.set_postfix({k: f"{metrics[k]:.3g}" for k in _BAR_KEYS if k in metrics})
                 periodic = phase.eval_every and (global_step - start) % phase.eval_every == 0
                 if periodic and global_step < end:  # the last step gets the 'after' evaluation
-                    results = self._evaluate(phase, state, global_step)
-                    if phase.stop_metric and results[phase.stop_metric[0]] >= phase.stop_metric[1]:
-                        stop = True
+                    stop = self._periodic_evaluation(phase, ckpt, state, global_step, meta, signals)
                 if distributed.any_process(signals.requested()):
-                    ckpt.save(global_step, state, meta, force=True)
-                    ckpt.wait()
-                    self.writer.close()
-                    raise Interrupted(
-                        f"stopped by a signal; checkpoint at step {global_step} in {self.workdir}"
-                    )
+                    left = "after" if stop or global_step >= end else None
+                    self._stop(signals, ckpt, global_step, state, meta, pending=left)
                 if global_step < end and not stop:  # the phase's last step is saved as 'done' below
-                    ckpt.save(global_step, state, meta)
-        self._evaluate(phase, state, global_step, tag="after")
-        ckpt.save(global_step, state, {**meta, "done": True}, force=True)
+                    self._save(ckpt, global_step, state, meta, signals)
+        try:
+            self._evaluate(phase, state, global_step, tag="after")
+        except EvaluationInterrupted:
+            self._stop(signals, ckpt, global_step, state, meta, pending="after")
+        self._save(ckpt, global_step, state, {**meta, "done": True}, signals, force=True, replace=True)
         ckpt.wait()
         ckpt.close()
         self.writer.close()
+        self._metrics_rows = self.writer.rows
         self.final_state = state
         return state.params, global_step
+
+    def _periodic_evaluation(self, phase: Phase, ckpt, state, step: int, meta: dict, signals) -> bool:
+        """The evaluation every `phase.eval_every` steps; True when it meets the phase's stop
+        metric. A signal during it saves the step with the evaluation pending (done on resume)."""
+        try:
+            results = self._evaluate(phase, state, step)
+        except EvaluationInterrupted:
+            self._stop(signals, ckpt, step, state, meta, pending="eval")
+        return bool(phase.stop_metric and results[phase.stop_metric[0]] >= phase.stop_metric[1])
+
+    def _save(self, ckpt, step: int, state, meta: dict, signals, force=False, replace=False) -> None:
+        """A checkpoint recording how many metrics lines it covers. `replace`: the step may hold
+        the checkpoint a signal saved before the phase's 'after' evaluation; it becomes 'done'."""
+        if replace and step in ckpt.all_steps():
+            # orbax never overwrites a step. Deleted first: a kill in between resumes from the
+            # previous checkpoint (recomputed, the same trajectory).
+            ckpt.delete(step)
+        if ckpt.save(step, state, {**meta, "metrics_rows": self.writer.rows}, force=force):
+            self.writer.flush()  # TensorBoard events up to this checkpoint reach the disk
+            signals.clean = True
+
+    def _stop(self, signals, ckpt, step: int, state=None, meta=None, pending: str | None = None):
+        """Saves `state` (if given; `pending`: the evaluation a resumed run does first) and raises
+        `Interrupted`."""
+        signals.acknowledge()
+        where = f"nothing to save (a rerun starts the {ckpt.directory.name} phase again at step {step})"
+        if state is not None:
+            self._save(
+                ckpt, step, state, {**meta, **({"pending": pending} if pending else {})}, signals, force=True
+            )
+            where = f"checkpoint at step {step}"
+        ckpt.close()
+        self.writer.close()
+        got = signal.Signals(signals.signum).name if signals.signum else "in another process"
+        raise Interrupted(
+            f"stopped by a signal; {where} in {self.workdir} ({got}; exit status "
+            f"{exit_status(signals.signum)}: rerun the same command to resume)",
+            signals.signum,
+        )
 
     def _step_fns(self, phase: Phase, group_size: int, grouped_update_rows: bool):
         """(prepare, update) of `phase` for a batch layout, built once per layout."""
@@ -587,10 +736,13 @@ class Trainer:
         sampled = tag is not None or phase.name != "sft"
         ref_params = reference_params(state, self.model_config)
         results = self.evaluator(state.params, split, ref_params, phase.algorithm, sampled=sampled)
-        self.writer.write(step, {f"{split}/{k}": v for k, v in results.items()}, phase="eval")
+        summary_key = f"{phase.name}_{tag}" if tag is not None else None
+        self.writer.write(
+            step, {f"{split}/{k}": v for k, v in results.items()}, phase="eval", tag=summary_key
+        )
         if tag is not None:
             self._last_tagged = step
-            self.summary[f"{phase.name}_{tag}"] = {"step": step, "split": split, **results}
+            self.summary[summary_key] = {"step": step, "split": split, **results}
             self._save_summary()
             shown = ", ".join(f"{k} {v:.3f}" for k, v in results.items())
             print(f"[{phase.name}] {tag}: {split} {shown}")

@@ -86,7 +86,7 @@ def validate_config(config, algorithm: Algorithm) -> None:
     _positive_int(config, "train.checkpoint_every")
     _positive_int(config, "train.keep_checkpoints")
     _positive_int(config, "eval.num_prompts")
-    _positive_int(config, "eval.pass_k")
+    _positive_int(config, "eval.pass_k", allow_zero=True)  # 0: greedy accuracy only
     _positive_int(config, "eval.every", allow_zero=True)
     _optimizer(config, "optimizer", None)
     if algorithm.value_objective is not None:
