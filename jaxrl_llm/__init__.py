@@ -12,6 +12,7 @@ from jaxrl_llm.algorithms.sft import sft
 from jaxrl_llm.data.pipeline import (
     PromptTooLongError,
     TargetTooLongError,
+    UnencodableTextError,
     preference_dataset,
     prompt_dataset,
     sft_dataset,
@@ -115,12 +116,12 @@ from jaxrl_llm.sharding import (
     mesh_config,
     param_shardings,
 )
-from jaxrl_llm.train.checkpoint import Checkpointer
+from jaxrl_llm.train.checkpoint import Checkpointer, CheckpointError
 from jaxrl_llm.train.config import base_config
 from jaxrl_llm.train.evaluation import pass_at_k
 from jaxrl_llm.train.forward import critic_values, policy_outputs
 from jaxrl_llm.train.invariance import InvarianceReport, check_microbatch_invariance
-from jaxrl_llm.train.metrics import MetricsWriter, read_metrics
+from jaxrl_llm.train.metrics import MetricsFileWarning, MetricsWriter, read_metrics
 from jaxrl_llm.train.passes import (
     critic_pass,
     old_policy_pass,
@@ -131,6 +132,8 @@ from jaxrl_llm.train.passes import (
 from jaxrl_llm.train.plots import plot_curves
 from jaxrl_llm.train.steps import TrainState, state_shardings
 from jaxrl_llm.train.trainer import NonFiniteLossError, Trainer, train
+from jaxrl_llm.train.validation import ConfigError
+from jaxrl_llm.train.workdir import WorkdirFileError, WorkdirLockedError
 from jaxrl_llm.transforms import estimators
 from jaxrl_llm.transforms.base import (
     InjectState,
@@ -170,14 +173,17 @@ __all__ = [
     "Algorithm",
     "AuxModel",
     "CausalLM",
+    "CheckpointError",
     "CheckpointMismatchError",
     "Checkpointer",
+    "ConfigError",
     "DatasetFieldError",
     "Environment",
     "InjectState",
     "InvarianceReport",
     "KVCache",
     "LoraConfig",
+    "MetricsFileWarning",
     "MetricsWriter",
     "ModelOutputs",
     "NonFiniteLossError",
@@ -205,8 +211,11 @@ __all__ = [
     "Trainer",
     "Transformer",
     "TransformerConfig",
+    "UnencodableTextError",
     "UnsupportedModelError",
     "ValueModel",
+    "WorkdirFileError",
+    "WorkdirLockedError",
     "add_metrics",
     "aggregate",
     "base_config",

@@ -66,5 +66,33 @@ def main(argv):
         sys.exit(EXIT_WORKDIR_LOCKED)
 
 
+def _dict_fields_hint(path: str, value: str) -> str:
+    """How to set a key that a dict-valued field (rewards, aux_models, ...) does not have yet."""
+    parent, _, leaf = path.rpartition(".")
+    hint = f"give the whole field instead: --config.{parent}=\"{{'{leaf}': {value}}}\""
+    if parent == "rewards":
+        from jaxrl_llm.rewards import list_rewards
+
+        hint += f"; registered reward functions: {', '.join(list_rewards())}"
+    return hint
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a clear error (not a bare `AttributeError: "'foo'"`) for an
+    override of a config field that does not exist, e.g. a new reward name."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as error:
+        missing = str(error).strip("\"'")
+        for arg in argv[1:]:
+            path, _, value = arg.removeprefix("--config.").partition("=")
+            if arg.startswith("--config.") and missing in path.split("."):
+                sys.exit(
+                    f"error: {arg}: the config has no field {path!r} ({missing!r} is not one of its keys); "
+                    f"check the spelling, or {_dict_fields_hint(path, value)}"
+                )
+        raise
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -12,33 +12,34 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPECTED_API = {
     "add_metrics", "aggregate", "AGGREGATION_MODES", "Algorithm", "AuxModel", "base_config",
     "batch_shardings", "best_of_n", "CausalLM", "chain", "char_tokenizer",
-    "check_microbatch_invariance", "Checkpointer", "CheckpointMismatchError", "clipped_value_loss",
-    "combine_ensemble", "concat_rollouts", "content_digest", "critic_pass", "critic_values",
-    "DatasetFieldError", "distributed_config", "dpo", "dpo_loss", "dynamic_sampling", "entropy_bonus",
-    "entropy_from_logits", "Environment", "estimators", "exact_match", "extend_prompts",
-    "extract_final_answer", "final_answer", "from_hf_config", "gae", "get_environment", "get_factory",
-    "get_reward", "greedy_baseline", "group_advantages", "group_sampling", "grpo", "hinted_prefix",
-    "identity", "init_cache", "init_params", "initialize_distributed", "inject_hyperparams",
-    "InjectState", "InvarianceReport", "is_static_zero", "kl_estimate", "kl_penalty_in_reward",
-    "kl_to_reference", "KVCache", "load_aux_model", "load_checkpoint", "load_tokenizer", "logical_axes",
-    "logprobs_and_entropy", "LoraConfig", "loss_mask", "make_algorithm", "make_mesh",
-    "make_partitioning", "make_sampler", "make_source", "make_strategy", "math_answer",
-    "merge_adapters", "mesh_config", "MetricsWriter", "ModelOutputs", "multi_turn", "named_chain",
-    "nll", "NonFiniteLossError", "normalisers", "normalize_rewards", "Observation", "old_logp",
-    "old_policy_pass", "param_shardings", "Partitioning", "Pass", "pass_at_k", "PassContext",
-    "plot_curves", "policy_outputs", "policy_surrogate", "positions_from_mask", "ppo", "ppo_clip_loss",
-    "preference_dataset", "PreferenceBatch", "process_logits", "prompt_dataset", "PromptBatch",
-    "PromptTooLongError", "read_metrics", "reference_pass", "register_algorithm",
-    "register_environment", "register_reward", "register_strategy", "registered_algorithms",
-    "registered_environments", "registered_strategies", "reinforce_pp_advantages", "remax_advantages",
-    "reward_model_pass", "reward_to_tokens", "RewardFunctionError", "RewardModel", "rewards_vary",
-    "RewardSources", "rloo_advantages", "Rollout", "RolloutStrategy", "RolloutTransform",
-    "sample_from_logits", "SampleOutput", "SamplingConfig", "save_checkpoint", "Schedule", "schedule",
-    "score_completions", "Scores", "select_rows", "sequence_logps", "sequence_mean", "sft",
-    "sft_dataset", "state_shardings", "StrategyContext", "sum_objectives", "TargetTooLongError",
-    "teacher_pass", "to_hf_config", "token_logprobs", "token_mean", "Tokenizer", "train", "Trainer",
-    "TrainState", "Transformer", "TransformerConfig", "UnsupportedModelError", "value_loss",
-    "ValueModel", "whiten_advantages",
+    "check_microbatch_invariance", "Checkpointer", "CheckpointError", "CheckpointMismatchError",
+    "clipped_value_loss", "combine_ensemble", "concat_rollouts", "ConfigError", "content_digest",
+    "critic_pass", "critic_values", "DatasetFieldError", "distributed_config", "dpo", "dpo_loss",
+    "dynamic_sampling", "entropy_bonus", "entropy_from_logits", "Environment", "estimators",
+    "exact_match", "extend_prompts", "extract_final_answer", "final_answer", "from_hf_config", "gae",
+    "get_environment", "get_factory", "get_reward", "greedy_baseline", "group_advantages",
+    "group_sampling", "grpo", "hinted_prefix", "identity", "init_cache", "init_params",
+    "initialize_distributed", "inject_hyperparams", "InjectState", "InvarianceReport", "is_static_zero",
+    "kl_estimate", "kl_penalty_in_reward", "kl_to_reference", "KVCache", "load_aux_model",
+    "load_checkpoint", "load_tokenizer", "logical_axes", "logprobs_and_entropy", "LoraConfig",
+    "loss_mask", "make_algorithm", "make_mesh", "make_partitioning", "make_sampler", "make_source",
+    "make_strategy", "math_answer", "merge_adapters", "mesh_config", "MetricsFileWarning",
+    "MetricsWriter", "ModelOutputs", "multi_turn", "named_chain", "nll", "NonFiniteLossError",
+    "normalisers", "normalize_rewards", "Observation", "old_logp", "old_policy_pass", "param_shardings",
+    "Partitioning", "Pass", "pass_at_k", "PassContext", "plot_curves", "policy_outputs",
+    "policy_surrogate", "positions_from_mask", "ppo", "ppo_clip_loss", "preference_dataset",
+    "PreferenceBatch", "process_logits", "prompt_dataset", "PromptBatch", "PromptTooLongError",
+    "read_metrics", "reference_pass", "register_algorithm", "register_environment", "register_reward",
+    "register_strategy", "registered_algorithms", "registered_environments", "registered_strategies",
+    "reinforce_pp_advantages", "remax_advantages", "reward_model_pass", "reward_to_tokens",
+    "RewardFunctionError", "RewardModel", "rewards_vary", "RewardSources", "rloo_advantages", "Rollout",
+    "RolloutStrategy", "RolloutTransform", "sample_from_logits", "SampleOutput", "SamplingConfig",
+    "save_checkpoint", "Schedule", "schedule", "score_completions", "Scores", "select_rows",
+    "sequence_logps", "sequence_mean", "sft", "sft_dataset", "state_shardings", "StrategyContext",
+    "sum_objectives", "TargetTooLongError", "teacher_pass", "to_hf_config", "token_logprobs",
+    "token_mean", "Tokenizer", "train", "Trainer", "TrainState", "Transformer", "TransformerConfig",
+    "UnencodableTextError", "UnsupportedModelError", "value_loss", "ValueModel", "whiten_advantages",
+    "WorkdirFileError", "WorkdirLockedError",
 }  # fmt: skip
 
 
@@ -96,3 +97,10 @@ def test_unknown_job_is_a_clear_error(tmp_path):
     result = _main("--config=configs/sample_demo.py:smoke", "--config.job=tran", tmp_path=tmp_path)
     assert result.returncode != 0
     assert "config.job='tran' is not one of ['sample', 'train']" in result.stderr
+
+
+def test_unknown_reward_from_the_command_line_is_a_clear_error(tmp_path):
+    result = _main("--config=configs/grpo_arithmetic.py:smoke", "--config.rewards.foo=1.0", tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert "--config.rewards.foo=1.0: the config has no field 'rewards.foo'" in result.stderr
+    assert "--config.rewards=\"{'foo': 1.0}\"" in result.stderr and "exact_match" in result.stderr

@@ -33,12 +33,7 @@ def dapo(max_len: int = 6, cache_len: int = 2, factor: float = 1.0, max_rounds: 
 
 
 def configure(config):
-    config.algo = {
-        "name": "ext_dapo",
-        "max_len": config.sampling.max_new_tokens,
-        "cache_len": 2,
-        "max_rounds": 3,
-    }
+    config.algo = {"name": "ext_dapo", "max_len": config.sampling.max_new_tokens, "max_rounds": 3}
     config.sft.steps = 0
     config.rewards = {"ext_finished": 1.0}  # some groups vary, some do not (a random policy)
     return config
