@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from run_helpers import without_timing
 
 from jaxrl_llm.rewards import register_reward
 from jaxrl_llm.train.checkpoint import (
@@ -217,16 +218,6 @@ def _stops(*, prompt, completion, answer, finished):
     return float(finished)
 
 
-TIMING_KEYS = {
-    "step_time",
-    "update_time",
-    "sample_time",
-    "score_time",
-    "rollout_time",
-    "generation_tokens_per_s",
-}
-
-
 def _config(data_dir, steps: int):
     spec = importlib.util.spec_from_file_location(
         "grpo_arithmetic", os.path.join(ROOT, "configs", "grpo_arithmetic.py")
@@ -251,7 +242,7 @@ def _final_state(workdir):
 
 def _metrics(workdir):
     rows = read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS and not k.endswith("_time")} for r in rows]
+    return without_timing(rows)
 
 
 @pytest.mark.filterwarnings("ignore")

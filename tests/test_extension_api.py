@@ -16,8 +16,6 @@ import inspect
 import os
 import pkgutil
 import re
-import signal
-import subprocess
 import sys
 import time
 
@@ -25,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from run_helpers import run_script, without_timing
 
 import jaxrl_llm as jrl
 
@@ -36,7 +35,6 @@ MODULES = sorted(m.name for m in pkgutil.iter_modules([PACKAGE]))
 MAX_LINES = 40  # every line of the file, docstrings, imports and blank lines included
 STEPS = 3
 ALLOWED_IMPORTS = {"jaxrl_llm", "jax", "numpy", "optax", *sys.stdlib_module_names}
-TIMING_KEYS = {"generation_tokens_per_s"}
 
 
 def source_path(name: str) -> str:
@@ -197,35 +195,9 @@ jrl.train(config, sys.argv[1])
 """
 
 
-def run_script(workdir, data_dir, kill_after_step=None):
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or ""}
+def run_dapo(workdir, data_dir, kill_after_step=None):
     sleep = "0.004" if kill_after_step is not None else "0"  # rewards do not depend on it
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, workdir, data_dir, ROOT, sleep],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    if kill_after_step is None:
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out.decode()[-3000:]
-        return out.decode()
-    path = os.path.join(workdir, "metrics.jsonl")
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(path):
-            main = jrl.read_metrics(path, phase="main")
-            if main and main[-1]["step"] >= kill_after_step:
-                proc.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.01)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-
-
-def without_timing(records):
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS and not k.endswith("_time")} for r in records]
+    return run_script(KILL_SCRIPT, workdir, data_dir, ROOT, sleep, kill_after_step=kill_after_step)
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -233,11 +205,11 @@ def test_dapo_sigkill_then_rerun_continues_the_same_trajectory(tfds_dir, tmp_pat
     """Dynamic sampling draws extra prompts by (step, round): a run killed mid-way and rerun
     with the same command ends bit-identical to an uninterrupted one."""
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-    run_script(full, tfds_dir)
-    run_script(killed, tfds_dir, kill_after_step=3)  # checkpoints at 2, 4
+    run_dapo(full, tfds_dir)
+    run_dapo(killed, tfds_dir, kill_after_step=3)  # checkpoints at 2, 4
     main = jrl.read_metrics(os.path.join(killed, "metrics.jsonl"), phase="main")
     assert main[-1]["step"] < 6, "the killed run must be unfinished"
-    out = run_script(killed, tfds_dir)  # the same command again: resumes from the last checkpoint
+    out = run_dapo(killed, tfds_dir)  # the same command again: resumes from the last checkpoint
     assert re.search(r"resuming from the checkpoint at step [24]", out), out[-3000:]
     states = [jrl.Checkpointer(os.path.join(w, "checkpoints", "main")).restore() for w in (full, killed)]
     assert states[0][1]["done"] and states[1][1]["done"]

@@ -11,16 +11,14 @@ prefix-stable is refused clearly. The rest runs the strategy on a scripted sampl
 import importlib
 import importlib.util
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import tokenizers
+from run_helpers import run_script, without_timing
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import jaxrl_llm as jrl
@@ -164,47 +162,14 @@ app.run(entry.main)
 """
 
 
-def run_script(workdir, data_dir, kill_after_step=None):
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or ""}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, workdir, data_dir],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    if kill_after_step is None:
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out.decode()[-3000:]
-        return
-    path = os.path.join(workdir, "metrics.jsonl")
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(path):
-            main = [r for r in read_metrics(path) if r["phase"] == "main"]
-            if main and main[-1]["step"] >= kill_after_step:
-                proc.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.01)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-
-
-def without_timing(records):
-    return [
-        {k: v for k, v in r.items() if not k.endswith("_time") and k != "generation_tokens_per_s"}
-        for r in records
-    ]
-
-
 @pytest.mark.filterwarnings("ignore")
 def test_sigkill_then_rerun_is_bit_identical(tfds_dir, tmp_path):
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-    run_script(full, tfds_dir)
-    run_script(killed, tfds_dir, kill_after_step=5)  # checkpoints every 2 steps
+    run_script(KILL_SCRIPT, full, tfds_dir)
+    run_script(KILL_SCRIPT, killed, tfds_dir, kill_after_step=5)  # checkpoints every 2 steps
     main = [r for r in read_metrics(os.path.join(killed, "metrics.jsonl")) if r["phase"] == "main"]
     assert main[-1]["step"] < 10, "killed run must be unfinished"
-    run_script(killed, tfds_dir)  # the same command again: resumes from the last checkpoint
+    run_script(KILL_SCRIPT, killed, tfds_dir)  # the same command again: resumes from the last checkpoint
     states = []
     for workdir in (full, killed):
         state, meta = Checkpointer(os.path.join(workdir, "checkpoints", "main")).restore()

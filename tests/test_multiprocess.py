@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from run_helpers import without_timing
 
 from jaxrl_llm.data.arithmetic import prepare_arithmetic
 from jaxrl_llm.distributed import DistributedSettings, distributed_config, resolve_settings
@@ -30,14 +31,6 @@ DEVICES = 4  # global mesh: data=1 x fsdp=2 x tensor=2
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 ROWS_PER_STEP = 8 * 4  # smoke config: 8 prompts x 4 samples, each scored once
 SFT_STEPS, MAIN_STEPS, STOP_AFTER_MAIN_STEP = 4, 6, 3
-TIMING_KEYS = {
-    "step_time",
-    "update_time",
-    "sample_time",
-    "score_time",
-    "rollout_time",
-    "generation_tokens_per_s",
-}
 
 # The entry point, plus a reward that SIGTERMs its own process at the STOP_AFTER_CALLS-th sample.
 SCRIPT = """
@@ -140,7 +133,7 @@ def finish(run: Run, status: int = 0) -> list[str]:
 
 def metrics(workdir) -> list[dict]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in f]
+        return without_timing([json.loads(line) for line in f])
 
 
 def final_state(workdir) -> dict:

@@ -4,15 +4,12 @@ recompiles, and clear errors (with the last good checkpoint intact) for bad inpu
 import importlib.util
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from run_helpers import run_script, without_timing
 
 from jaxrl_llm.algorithms import register
 from jaxrl_llm.data.pipeline import PromptTooLongError
@@ -24,14 +21,6 @@ from jaxrl_llm.train.trainer import NonFiniteLossError, Trainer, train
 from jaxrl_llm.types import Algorithm, RolloutTransform
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING_KEYS = {
-    "step_time",
-    "update_time",
-    "sample_time",
-    "score_time",
-    "rollout_time",
-    "generation_tokens_per_s",
-}
 
 
 def load_config(name: str, arg: str | None = "smoke"):
@@ -56,10 +45,6 @@ def smoke(name, data_dir, **overrides):
             node = node[p]
         node[leaf] = value
     return config
-
-
-def without_timing(records):
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS and not k.endswith("_time")} for r in records]
 
 
 @pytest.fixture(scope="module")
@@ -152,32 +137,6 @@ app.run(entry.main)
 """
 
 
-def run_script(workdir, data_dir, kill_after_step=None):
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or ""}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, workdir, data_dir],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    if kill_after_step is None:
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out.decode()[-3000:]
-        return
-    path = os.path.join(workdir, "metrics.jsonl")
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(path):
-            main = [r for r in read_metrics(path) if r["phase"] == "main"]
-            if main and main[-1]["step"] >= kill_after_step:
-                proc.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.01)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-
-
 def final_params(workdir):
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints", "main"))
     state, meta = ckpt.restore()
@@ -188,11 +147,11 @@ def final_params(workdir):
 @pytest.mark.filterwarnings("ignore")
 def test_sigkill_then_rerun_continues_the_same_trajectory(data_dir, tmp_path):
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-    run_script(full, data_dir)
-    run_script(killed, data_dir, kill_after_step=10)  # SFT ends at 4; main checkpoints every 2
+    run_script(KILL_SCRIPT, full, data_dir)
+    run_script(KILL_SCRIPT, killed, data_dir, kill_after_step=10)  # SFT ends at 4; main checkpoints every 2
     main = [r for r in read_metrics(os.path.join(killed, "metrics.jsonl")) if r["phase"] == "main"]
     assert main[-1]["step"] < 20, "killed run must be unfinished"
-    run_script(killed, data_dir)  # the same command again: resumes from the last checkpoint
+    run_script(KILL_SCRIPT, killed, data_dir)  # the same command again: resumes from the last checkpoint
     a, b = final_params(full), final_params(killed)
     jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
     jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])

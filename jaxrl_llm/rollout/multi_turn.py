@@ -60,7 +60,13 @@ import jax
 import numpy as np
 
 from jaxrl_llm.registry import Registry
-from jaxrl_llm.rollout.strategies import PromptBatch, StrategyContext, extend_prompts, register_strategy
+from jaxrl_llm.rollout.strategies import (
+    PromptBatch,
+    StrategyContext,
+    extend_prompts,
+    register_strategy,
+    reward_extras,
+)
 from jaxrl_llm.types import Rollout, RolloutStrategy
 
 
@@ -361,8 +367,7 @@ def _assemble(ctx, rows, prompts, g, width, pieces, last_obs, turns, finished, d
     env_rewards = [None if o is None else o.reward for o in last_obs]
     given = [r is not None for r in env_rewards]
     extras = {
-        **{f"reward/{name}": np.asarray(v, np.float32) for name, v in scores.per_source.items()},
-        "finished": finished.astype(np.float32),
+        **reward_extras(scores, finished),
         "prompt_index": np.repeat(np.arange(len(prompts.prompt_ids), dtype=np.int32), g),
         "turns": turns,
     }

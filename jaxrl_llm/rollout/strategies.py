@@ -125,7 +125,8 @@ class StrategyContext:
         return scores
 
 
-def _reward_extras(scores: Scores, finished) -> dict:
+def reward_extras(scores: Scores, finished) -> dict:
+    """The per-row extras every scoring strategy writes: 'reward/<source>' and 'finished'."""
     return {
         **{f"reward/{name}": np.asarray(v, np.float32) for name, v in scores.per_source.items()},
         "finished": np.asarray(finished, np.float32),
@@ -153,7 +154,7 @@ def group_sampling(num_samples: int | None = None, **sampling_overrides) -> Roll
             logp_behav=out.logprobs,
             rewards=scores.rewards,
             extras={
-                **_reward_extras(scores, finished),
+                **reward_extras(scores, finished),
                 "prompt_index": np.repeat(np.arange(n, dtype=np.int32), g),
             },
         )
@@ -408,7 +409,7 @@ def hinted_prefix(
             logp_behav=logp,
             rewards=scores.rewards,
             extras={
-                **_reward_extras(scores, finished),
+                **reward_extras(scores, finished),
                 "prompt_index": np.repeat(np.arange(len(hints), dtype=np.int32), g),
                 "hint_length": lengths,
                 "hinted": (lengths > 0).astype(np.float32),
