@@ -30,6 +30,7 @@ from jaxrl_llm.losses import (
     kl_estimate,
     logprobs_and_entropy,
     ppo_clip_loss,
+    preference_link,
     sequence_logps,
 )
 from jaxrl_llm.models.auxiliary import AuxModel, content_digest, load_aux_model
@@ -291,6 +292,7 @@ __all__ = [
     "ppo",
     "ppo_clip_loss",
     "preference_dataset",
+    "preference_link",
     "process_logits",
     "prompt_dataset",
     "read_metrics",

@@ -17,6 +17,7 @@ from jaxrl_llm.losses import (
     kl_estimate,
     logprobs_and_entropy,
     ppo_clip_loss,
+    preference_link,
     sequence_logps,
     token_logprobs_from_logits,
 )
@@ -323,3 +324,33 @@ def test_every_loss_jits():
         sequence_logps(x, mask, True),
     )
     _close(jax.jit(dpo_loss)(*TOY_PAIR)[0], [0.620957])
+
+
+@pytest.mark.parametrize(
+    "link, smoothing, expected",
+    [("sigmoid", 0.0, 0.620957), ("sigmoid", 0.1, 0.635957), ("robust", 0.1, 0.602207), ("hinge", 0.0, 0.85), ("ipo", 0.0, 12.25)],
+)  # fmt: skip
+def test_preference_link_goldens_on_the_toy_pair(link, smoothing, expected):
+    # DPO toy pair: S(y_w) = -10, S(y_l) = -12, S_ref(y_w) = -11, S_ref(y_l) = -11.5 -> h = 1.5, beta 0.1.
+    loss, _ = dpo_loss(
+        jnp.array([-10.0]),
+        jnp.array([-12.0]),
+        jnp.array([-11.0]),
+        jnp.array([-11.5]),
+        0.1,
+        smoothing,
+        link=link,
+    )
+    np.testing.assert_allclose(loss, [expected], atol=1e-6)
+
+
+def test_ipo_length_averaged_and_simpo_goldens():
+    # IPO with L(y_w) = 5, L(y_l) = 6: h = 1/5 + 0.5/6 = 0.283333 -> (h - 5)^2 = 22.246944.
+    h = jnp.array([1.0 / 5 + 0.5 / 6])
+    np.testing.assert_allclose(preference_link(h, 0.1, "ipo"), [22.246944], atol=1e-5)
+    # SimPO: A(y_w) = -0.8, A(y_l) = -1.2, beta 2, gamma/beta 0.25 -> logit 0.15, L = 0.554355 (0.584355 smoothed).
+    for smoothing, expected in ((0.0, 0.554355), (0.1, 0.584355)):
+        loss, _ = dpo_loss(jnp.array([-0.8]), jnp.array([-1.2]), None, None, 2.0, smoothing, True, margin=0.5)
+        np.testing.assert_allclose(loss, [expected], atol=1e-6)
+    with pytest.raises(ValueError, match="robust DPO needs label_smoothing in"):
+        preference_link(h, 0.1, "robust", 0.5)

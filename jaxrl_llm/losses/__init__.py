@@ -9,12 +9,13 @@ from jaxrl_llm.losses.policy import (
     ppo_clip_loss,
     token_logprobs_from_logits,
 )
-from jaxrl_llm.losses.preference import dpo_loss, sequence_logps
+from jaxrl_llm.losses.preference import PREFERENCE_LINKS, dpo_loss, preference_link, sequence_logps
 from jaxrl_llm.losses.value import clipped_value_loss
 
 __all__ = [
     "AGGREGATION_MODES",
     "KL_ESTIMATORS",
+    "PREFERENCE_LINKS",
     "aggregate",
     "clipped_value_loss",
     "dpo_loss",
@@ -22,6 +23,7 @@ __all__ = [
     "kl_estimate",
     "logprobs_and_entropy",
     "ppo_clip_loss",
+    "preference_link",
     "sequence_logps",
     "token_logprobs_from_logits",
 ]

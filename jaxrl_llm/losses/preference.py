@@ -23,6 +23,48 @@ def sequence_logps(logp: Array, mask: Array, average: bool = False) -> Array:
     return total
 
 
+PREFERENCE_LINKS = ("sigmoid", "robust", "hinge", "ipo")
+
+
+def preference_link(
+    h: Array, beta: float = 0.1, link: str = "sigmoid", label_smoothing: float = 0.0, margin: float = 0.0
+) -> Array:
+    """Per-pair loss of the pairwise preference logit h (one core for the DPO family). [B] -> [B].
+
+    With z = β·h − margin (margin γ: SimPO's target reward margin) and ε = label_smoothing:
+
+    * ``sigmoid`` (DPO, arXiv 2305.18290; cDPO when ε > 0):  (1 − ε)·softplus(−z) + ε·softplus(z)
+    * ``robust`` (rDPO, arXiv 2403.00409, ε ∈ [0, 0.5)):  [(1 − ε)·softplus(−z) − ε·softplus(z)] / (1 − 2ε)
+    * ``hinge`` (SLiC, arXiv 2305.10425):  max(0, 1 − z)
+    * ``ipo`` (IPO, arXiv 2310.12036; β plays τ):  (h − 1/(2β))²   (ε and margin unused)
+
+    h = [S_θ(y_w) − S_θ(y_l)] − [S_ref(y_w) − S_ref(y_l)] from summed or length-averaged sequence
+    log-probs (`sequence_logps`); reference terms are the caller's constants. Reference code:
+    DPO repo `trainers.py::preference_loss`, TRL `dpo_trainer.py` loss types "sigmoid", "robust",
+    "hinge", "ipo".
+
+    Example (the DPO toy pair: h = 1.5, β = 0.1):
+      >>> preference_link(jnp.array([1.5]))                               # [0.620957]
+      >>> preference_link(jnp.array([1.5]), label_smoothing=0.1)          # [0.635957] (cDPO)
+      >>> preference_link(jnp.array([1.5]), link="robust", label_smoothing=0.1)  # [0.602207] (rDPO)
+      >>> preference_link(jnp.array([1.5]), link="ipo")                   # [12.25]
+    """
+    if link not in PREFERENCE_LINKS:
+        raise ValueError(f"Unknown preference link={link!r}; expected one of {PREFERENCE_LINKS}.")
+    h = jnp.asarray(h, jnp.float32)
+    if link == "ipo":
+        return jnp.square(h - 1.0 / (2.0 * beta))
+    z = beta * h - margin
+    if link == "hinge":
+        return jax.nn.relu(1.0 - z)
+    if link == "robust":
+        if isinstance(label_smoothing, int | float) and not 0 <= label_smoothing < 0.5:
+            raise ValueError(f"robust DPO needs label_smoothing in [0, 0.5), got {label_smoothing}")
+        eps = label_smoothing
+        return ((1.0 - eps) * jax.nn.softplus(-z) - eps * jax.nn.softplus(z)) / (1.0 - 2.0 * eps)
+    return (1.0 - label_smoothing) * jax.nn.softplus(-z) + label_smoothing * jax.nn.softplus(z)
+
+
 def dpo_loss(
     policy_chosen: Array,
     policy_rejected: Array,
@@ -31,19 +73,22 @@ def dpo_loss(
     beta: float = 0.1,
     label_smoothing: float = 0.0,
     reference_free: bool = False,
+    link: str = "sigmoid",
+    margin: float = 0.0,
 ) -> tuple[Array, dict[str, Array]]:
-    """DPO (sigmoid) loss per pair, with cDPO label smoothing. [B] x4 -> ([B], metrics of [B]).
+    """DPO-family loss per pair. [B] x4 -> ([B], metrics of [B]).
 
-    Inputs are summed sequence log-probs S(y) (see `sequence_logps`) of the chosen y_w and
-    rejected y_l completions under the policy and the frozen reference:
+    Inputs are sequence log-probs S(y) (summed or length-averaged, see `sequence_logps`) of the
+    chosen y_w and rejected y_l completions under the policy and the frozen reference:
 
         h = [S_θ(y_w) − S_θ(y_l)] − [S_ref(y_w) − S_ref(y_l)]   (reference_free: ref term dropped)
-        ℓ = (1 − ε)·softplus(−β h) + ε·softplus(β h)             (= −log σ(β h) when ε = 0)
+        ℓ = preference_link(h, beta, link, label_smoothing, margin)
 
-    Reference log-probs are treated as constants (stop_gradient). Metrics (all stop_gradient):
-    implicit rewards ``reward_chosen`` = β·(S_θ(y_w) − S_ref(y_w)), ``reward_rejected`` likewise,
-    ``reward_margin`` = their difference and ``reward_accuracy`` = 1.0 where chosen > rejected.
-    With reference_free the implicit rewards are β·S_θ.
+    (link 'sigmoid', ε = 0: ℓ = −log σ(β h), DPO; see `preference_link` for cDPO, rDPO, hinge,
+    IPO and SimPO's margin.) Reference log-probs are treated as constants (stop_gradient). Metrics
+    (all stop_gradient): implicit rewards ``reward_chosen`` = β·(S_θ(y_w) − S_ref(y_w)),
+    ``reward_rejected`` likewise, ``reward_margin`` = their difference and ``reward_accuracy`` =
+    1.0 where chosen > rejected. With reference_free the implicit rewards are β·S_θ.
 
     Papers: DPO, arXiv 2305.18290; label smoothing (cDPO), Mitchell 2023 note "A note on DPO with
     noisy preferences & relationship to IPO".
@@ -62,8 +107,7 @@ def dpo_loss(
         ref_rejected = jax.lax.stop_gradient(jnp.asarray(ref_rejected, jnp.float32))
     chosen_ratio = policy_chosen - ref_chosen
     rejected_ratio = policy_rejected - ref_rejected
-    logits = beta * (chosen_ratio - rejected_ratio)
-    loss = (1.0 - label_smoothing) * jax.nn.softplus(-logits) + label_smoothing * jax.nn.softplus(logits)
+    loss = preference_link(chosen_ratio - rejected_ratio, beta, link, label_smoothing, margin)
     reward_chosen = jax.lax.stop_gradient(beta * chosen_ratio)
     reward_rejected = jax.lax.stop_gradient(beta * rejected_ratio)
     metrics = {
