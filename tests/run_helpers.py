@@ -1,6 +1,8 @@
 """Helpers shared by the tests that run training in a subprocess and kill it mid-way."""
 
+import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +22,21 @@ TIMING_KEYS = {
     "rollout_time",
     "generation_tokens_per_s",
 }
+
+
+def load_config(name: str, arg: str | None = "smoke"):
+    """`get_config(arg)` of `configs/<name>.py`."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def smoke_config_name(module) -> str:
+    """The smoke config an ext_algorithms module starts from: its SMOKE_CONFIG, else the first
+    `configs/<name>.py:smoke` its docstring names, else grpo_arithmetic."""
+    named = re.search(r"configs/(\w+)\.py:smoke", module.__doc__ or "")
+    return getattr(module, "SMOKE_CONFIG", named.group(1) if named else "grpo_arithmetic")
 
 
 def without_timing(records):

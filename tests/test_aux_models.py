@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from run_helpers import load_config
 
 import jaxrl_llm as jrl
 from jaxrl_llm.train import builders
@@ -28,13 +29,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIG_RM = dict(d_model=128, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=512)  # > the policy
 ALPHABET = jrl.base_config().tokenizer.alphabet  # the smoke configs' char tokenizer
 RECORDED: list = []  # host Rollouts collected by the 'aux_test_record' strategy
-
-
-def load(name: str, path: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 ext = importlib.import_module("ext_algorithms.ppo_reward_model")  # tests/ is on sys.path
@@ -98,7 +92,7 @@ def dir_bytes(path: str) -> int:
 
 
 def ppo_rm_config(tmp, tfds_dir):
-    config = ext.configure(load("ppo_config", "configs/ppo_arithmetic.py").get_config("smoke"), tmp, **BIG_RM)
+    config = ext.configure(load_config("ppo_arithmetic"), tmp, **BIG_RM)
     config.data.data_dir = tfds_dir
     config.eval.every = 0  # before/after evaluations only
     config.rollout.name = "aux_test_record"
@@ -259,7 +253,7 @@ def test_ensemble_combinations_golden(tmp_path):
 def test_ensemble_reward_and_orbax_teacher_train(rm_run, tmp_path, tfds_dir):
     """GRPO rewarded by three combinations of a two-RM ensemble, with the PPO run's final
     policy (its orbax step directory) as a teacher in a pass."""
-    config = load("grpo_config", "configs/grpo_arithmetic.py").get_config("smoke")
+    config = load_config("grpo_arithmetic")
     config.data.data_dir = tfds_dir
     config.rewards, config.reward_ensembles = WEIGHTS, ENSEMBLES
     config.algo = {"name": "aux_test_grpo_teacher"}

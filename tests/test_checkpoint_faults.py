@@ -6,7 +6,6 @@ before, and ends bit-identical to an uninterrupted run.
 """
 
 import glob
-import importlib.util
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from run_helpers import without_timing
+from run_helpers import load_config, without_timing
 
 from jaxrl_llm.rewards import register_reward
 from jaxrl_llm.train.checkpoint import (
@@ -219,12 +218,7 @@ def _stops(*, prompt, completion, answer, finished):
 
 
 def _config(data_dir, steps: int):
-    spec = importlib.util.spec_from_file_location(
-        "grpo_arithmetic", os.path.join(ROOT, "configs", "grpo_arithmetic.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("smoke")
+    config = load_config("grpo_arithmetic")
     config.data.data_dir = data_dir
     config.sft.steps = 0
     config.rewards = {"checkpoint_faults_stops": 1.0}

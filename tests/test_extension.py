@@ -1,13 +1,13 @@
 """Extending the library: a new algorithm in a few lines, registered and trained from a config;
 the README's example is executed as written."""
 
-import importlib.util
 import inspect
 import os
 import re
 
 import jax.numpy as jnp
 import numpy as np
+from run_helpers import load_config
 
 import jaxrl_llm as jrl
 
@@ -58,10 +58,7 @@ def test_rank_advantages_values():
 
 
 def smoke_config(tfds_dir):
-    spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", "grpo_arithmetic.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("smoke")
+    config = load_config("grpo_arithmetic")
     config.sft.steps = 0
     config.data.data_dir = tfds_dir
     return config

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from run_helpers import run_script, without_timing
+from run_helpers import load_config, run_script, smoke_config_name, without_timing
 
 import jaxrl_llm as jrl
 
@@ -46,24 +46,10 @@ def line_count(name: str) -> int:
         return len(f.read().splitlines())
 
 
-def load_smoke(config_name: str):
-    spec = importlib.util.spec_from_file_location(
-        config_name, os.path.join(ROOT, "configs", f"{config_name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config("smoke")
-
-
-def smoke_config_name(module) -> str:
-    named = re.search(r"configs/(\w+)\.py:smoke", module.__doc__ or "")
-    return getattr(module, "SMOKE_CONFIG", named.group(1) if named else "grpo_arithmetic")
-
-
 def configured(name: str, data_dir: str, tmp_path):
     """The smoke config of module `name`, a few steps long, adapted by its `configure`."""
     module = importlib.import_module(f"ext_algorithms.{name}")
-    config = load_smoke(smoke_config_name(module))
+    config = load_config(smoke_config_name(module))
     config.data.data_dir = data_dir
     config.train.steps = STEPS
     config.eval.update(every=0, num_prompts=8, batch_size=8)

@@ -21,7 +21,7 @@ import warnings
 import jax
 import numpy as np
 import pytest
-from test_trainer import ROOT, load_config, without_timing
+from run_helpers import ROOT, load_config, without_timing
 
 from jaxrl_llm.train.checkpoint import Checkpointer
 from jaxrl_llm.train.metrics import MetricsFileWarning, MetricsWriter, read_metrics

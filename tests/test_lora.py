@@ -7,7 +7,6 @@ path trains and resumes. Remat: same loss and gradients, smaller compiled tempor
 """
 
 import dataclasses
-import importlib.util
 import os
 
 import jax
@@ -17,6 +16,7 @@ import optax
 import pytest
 from flax import traverse_util
 from jax.sharding import PartitionSpec as P
+from run_helpers import load_config
 
 from jaxrl_llm import lora, sharding
 from jaxrl_llm.algorithms import make_algorithm
@@ -279,12 +279,7 @@ def short_completion(*, prompt, completion, answer, finished):
 
 
 def _smoke_config(data_dir, **lora_fields):
-    spec = importlib.util.spec_from_file_location(
-        "grpo_arithmetic", os.path.join(ROOT, "configs", "grpo_arithmetic.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("smoke")
+    config = load_config("grpo_arithmetic")
     config.data.data_dir = data_dir
     config.algo.beta = 0.04  # a KL term: the reference pass runs on the base model
     config.rewards = {"lora_test_short": 1.0}

@@ -37,6 +37,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import pytest
+from run_helpers import load_config, smoke_config_name
 
 import jaxrl_llm as jrl
 from jaxrl_llm.algorithms import get_factory, make_algorithm, registered_algorithms
@@ -88,18 +89,10 @@ def _covered() -> dict:
 ALGORITHMS = _covered()
 
 
-def _load_config(file: str):
-    spec = importlib.util.spec_from_file_location(file, os.path.join(ROOT, "configs", f"{file}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config("smoke")
-
-
 def _smoke_config_name(name: str, module) -> str:
     """The smoke config an algorithm starts from (the module docstring above)."""
     if module is not None:  # the convention of tests/ext_algorithms/__init__.py
-        named = re.search(r"configs/(\w+)\.py:smoke", module.__doc__ or "")
-        return getattr(module, "SMOKE_CONFIG", named.group(1) if named else "grpo_arithmetic")
+        return smoke_config_name(module)
     if os.path.exists(os.path.join(ROOT, "configs", f"{name}_arithmetic.py")):
         return f"{name}_arithmetic"
     return "dpo_arithmetic" if make_algorithm(name).data == "preference" else "grpo_arithmetic"
@@ -107,7 +100,7 @@ def _smoke_config_name(name: str, module) -> str:
 
 def _config(name: str, tfds_dir: str, tmp_path):
     module = ALGORITHMS[name]
-    config = _load_config(_smoke_config_name(name, module))
+    config = load_config(_smoke_config_name(name, module))
     if config.algo.name != name:
         config.algo = {"name": name}
     config.data.data_dir = tfds_dir

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tokenizers
-from run_helpers import run_script, without_timing
+from run_helpers import load_config, run_script, without_timing
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import jaxrl_llm as jrl
@@ -46,12 +46,7 @@ ext = importlib.import_module("ext_algorithms.two_turn_tool")
 
 
 def smoke_config(tfds_dir):
-    spec = importlib.util.spec_from_file_location(
-        "grpo_cfg", os.path.join(ROOT, "configs", "grpo_arithmetic.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = ext.configure(module.get_config("smoke"))
+    config = ext.configure(load_config("grpo_arithmetic"))
     config.data.data_dir = tfds_dir
     config.data.check_records = 0
     return config

@@ -4,7 +4,6 @@ and leave the test process (standing in for the trainer) untouched, on both netw
 64 samples score in parallel on a bounded pool; the code task's smoke config trains."""
 
 import errno
-import importlib.util
 import json
 import os
 import socket
@@ -14,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from run_helpers import load_config
 
 import jaxrl_llm as jrl
 from jaxrl_llm.data.code import code_records, write_code_jsonl
@@ -295,10 +295,7 @@ def test_code_task_and_jsonl_files(tmp_path):
 
 
 def test_smoke_config_trains(tmp_path):
-    spec = importlib.util.spec_from_file_location("grpo_code", os.path.join(ROOT, "configs", "grpo_code.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("smoke")
+    config = load_config("grpo_code")
     workdir = str(tmp_path / "run")
     summary = jrl.train(config, workdir)
     assert {"greedy_accuracy", "pass_at_2"} <= set(summary["main_after"])

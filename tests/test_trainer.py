@@ -1,7 +1,6 @@
 """End-to-end trainer runs at smoke size: every shipped config, resume after SIGKILL, no
 recompiles, and clear errors (with the last good checkpoint intact) for bad input."""
 
-import importlib.util
 import json
 import os
 
@@ -9,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from run_helpers import run_script, without_timing
+from run_helpers import load_config, run_script, without_timing
 
 from jaxrl_llm.algorithms import register
 from jaxrl_llm.data.pipeline import PromptTooLongError
@@ -21,13 +20,6 @@ from jaxrl_llm.train.trainer import NonFiniteLossError, Trainer, train
 from jaxrl_llm.types import Algorithm, RolloutTransform
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name: str, arg: str | None = "smoke"):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 @pytest.fixture(scope="session")
