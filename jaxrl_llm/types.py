@@ -137,11 +137,14 @@ class ModelOutputs(NamedTuple):
       the chosen rows, then the rejected rows, i.e. [2B, T]).
     entropy: per-token policy entropy (what entropy bonuses and metrics read).
     values: current critic values (value objectives only, else None).
+    stats: the totals over the whole mini-batch of `Algorithm.statistics` (a dict of arrays,
+      computed with the current parameters, no gradient), else None.
     """
 
     logp: Array | None = None
     entropy: Array | None = None
     values: Array | None = None
+    stats: dict | None = None
 
 
 Batch = Rollout | PreferenceBatch
@@ -224,6 +227,18 @@ class Algorithm(NamedTuple):
     passes: `Pass` objects the trainer runs, in order, before `transform` (see
       `jaxrl_llm.passes`).
     strategy: how rollouts are collected (None: `group_sampling()`, G samples per prompt).
+    whole_groups: the objective couples the rows of a group (DisCO, PACS, pairwise losses):
+      mini-batches then take whole groups (the trainer permutes groups, not rows) and
+      micro-batches split only at group boundaries; the batch the transform returns must keep
+      each group's rows consecutive (checked every step).
+    statistics: `(outputs, batch, state) -> dict of arrays`, or None. Each value is a SUM over
+      the rows of `batch` (a micro-batch) of a quantity of the current policy (`outputs` are
+      stop-gradient'ed); the trainer totals them over the whole mini-batch with the parameters
+      of the update, before the gradient, and the objective reads the totals in
+      `outputs.stats`. For losses that need a mini-batch-wide quantity of the current policy
+      (BAPO's clip-bound search over the current ratios, DisCO's KL-penalty multiplier), which
+      would otherwise differ between 1 and k micro-batches. With k > 1 micro-batches it costs
+      one forward pass over the mini-batch per update.
     """
 
     data: str
@@ -232,6 +247,8 @@ class Algorithm(NamedTuple):
     value_objective: Objective | None = None
     passes: tuple = ()
     strategy: RolloutStrategy | None = None
+    whole_groups: bool = False
+    statistics: Callable[[Any, Any, Any], dict] | None = None
 
     def needs(self) -> frozenset:
         """Union of the passes' needs ('reference', 'critic', 'aux:<name>')."""

@@ -367,7 +367,7 @@ def _assemble(ctx, rows, prompts, g, width, pieces, last_obs, turns, finished, d
     env_rewards = [None if o is None else o.reward for o in last_obs]
     given = [r is not None for r in env_rewards]
     extras = {
-        **reward_extras(scores, finished),
+        **reward_extras(scores, finished, rows),
         "prompt_index": np.repeat(np.arange(len(prompts.prompt_ids), dtype=np.int32), g),
         "turns": turns,
     }

@@ -125,18 +125,21 @@ class StrategyContext:
         return scores
 
 
-def reward_extras(scores: Scores, finished) -> dict:
-    """The per-row extras every scoring strategy writes: 'reward/<source>' and 'finished'."""
+def reward_extras(scores: Scores, finished, rows: PromptBatch) -> dict:
+    """The per-row extras every scoring strategy writes: 'reward/<source>', 'finished' and
+    'record_index' (the dataset record of each row's prompt, `rows.index`: a prompt's identity
+    across steps, for per-prompt state such as DCPO's cumulative statistics)."""
     return {
         **{f"reward/{name}": np.asarray(v, np.float32) for name, v in scores.per_source.items()},
         "finished": np.asarray(finished, np.float32),
+        "record_index": np.asarray(rows.index, np.int32),
     }
 
 
 def group_sampling(num_samples: int | None = None, **sampling_overrides) -> RolloutStrategy:
     """The default strategy: G = num_samples (default `sampling.num_samples`) responses per
     prompt, scored by the configured reward sources. Rows b * G + g hold prompt b's samples;
-    group_ids = b; extras: 'reward/<source>', 'finished', 'prompt_index' (= b)."""
+    group_ids = b; extras: 'reward/<source>', 'finished', 'record_index', 'prompt_index' (= b)."""
 
     def collect(ctx: StrategyContext, prompts: PromptBatch, rng) -> Rollout:
         g = num_samples or ctx.num_samples
@@ -154,7 +157,7 @@ def group_sampling(num_samples: int | None = None, **sampling_overrides) -> Roll
             logp_behav=out.logprobs,
             rewards=scores.rewards,
             extras={
-                **reward_extras(scores, finished),
+                **reward_extras(scores, finished, rows),
                 "prompt_index": np.repeat(np.arange(n, dtype=np.int32), g),
             },
         )
@@ -409,7 +412,7 @@ def hinted_prefix(
             logp_behav=logp,
             rewards=scores.rewards,
             extras={
-                **reward_extras(scores, finished),
+                **reward_extras(scores, finished, rows),
                 "prompt_index": np.repeat(np.arange(len(hints), dtype=np.int32), g),
                 "hint_length": lengths,
                 "hinted": (lengths > 0).astype(np.float32),

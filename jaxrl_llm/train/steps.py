@@ -172,9 +172,19 @@ def make_step_fns(
         batch, algo_state = algorithm.transform.update(batch, state.algo_state)
         return batch, state._replace(algo_state=algo_state)
 
-    def policy_loss(trainable, frozen, batch, algo_state, dropout_rng):
-        grouped = grouped_update_rows and not uses_dropout
-        outputs = outputs_of(lora.join(trainable, frozen), batch, dropout_rng, grouped)
+    grouped_update = grouped_update_rows and not uses_dropout
+
+    def statistics_of(params, batch, algo_state, outputs=None):
+        """`Algorithm.statistics` of the current policy on `batch` (no gradient)."""
+        if outputs is None:
+            outputs = outputs_of(params, batch, None, grouped_update)
+        return algorithm.statistics(jax.lax.stop_gradient(outputs), batch, algo_state)
+
+    def policy_loss(trainable, frozen, batch, algo_state, dropout_rng, stats):
+        outputs = outputs_of(lora.join(trainable, frozen), batch, dropout_rng, grouped_update)
+        if algorithm.statistics is not None:  # one micro-batch: the totals are this forward's
+            stats = statistics_of(None, batch, algo_state, outputs) if stats is None else stats
+            outputs = outputs._replace(stats=stats)
         loss, metrics = algorithm.objective(outputs, batch, algo_state)
         metrics = {**metrics, "entropy": token_mean(outputs.entropy, loss_mask(batch), batch)}
         return loss, metrics
@@ -183,11 +193,11 @@ def make_step_fns(
         values = values_of(lora.join(trainable, frozen), batch, dropout_rng)
         return algorithm.value_objective(ModelOutputs(values=values), batch, algo_state)
 
-    def grads(state: TrainState, batch, dropout_rng):
+    def grads(state: TrainState, batch, dropout_rng, stats=None):
         """Gradients with respect to the trainable halves of the policy and critic params."""
         policy_rng, critic_rng = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
         (loss, metrics), g = jax.value_and_grad(policy_loss, has_aux=True)(
-            *lora.split_trainable(model_config, state.params), batch, state.algo_state, policy_rng
+            *lora.split_trainable(model_config, state.params), batch, state.algo_state, policy_rng, stats
         )
         metrics = {**metrics, "loss": loss}
         critic_g = None
@@ -213,16 +223,27 @@ def make_step_fns(
         if microbatches == 1:
             (g, critic_g), metrics = grads(state, batch, dropout_rng)
         else:
+            micros = (_split(batch, microbatches), jnp.arange(microbatches))
+            first = _rows(batch, slice(0, 1))
+            stats = None
+            if algorithm.statistics is not None:  # totals over the mini-batch, before the gradient
+
+                def add_statistics(total, micro):
+                    return jax.tree.map(
+                        jnp.add, total, statistics_of(state.params, micro[0], state.algo_state)
+                    ), None
+
+                shapes = jax.eval_shape(statistics_of, state.params, first, state.algo_state)
+                stats, _ = jax.lax.scan(add_statistics, jax.tree.map(jnp.zeros_like, shapes), micros)
 
             def accumulate(total, micro):
                 micro_batch, index = micro
                 rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
-                new, metrics = grads(state, micro_batch, rng)
+                new, metrics = grads(state, micro_batch, rng, stats)
                 return jax.tree.map(jnp.add, total, (new, metrics)), None
 
-            shapes = jax.eval_shape(grads, state, _rows(batch, slice(0, 1)), dropout_rng)
+            shapes = jax.eval_shape(grads, state, first, dropout_rng, stats)
             zeros = jax.tree.map(jnp.zeros_like, shapes)
-            micros = (_split(batch, microbatches), jnp.arange(microbatches))
             ((g, critic_g), metrics), _ = jax.lax.scan(accumulate, zeros, micros)
         finite = _all_finite((metrics["loss"], g, critic_g, metrics.get("critic_loss", 0.0)))
         metrics = {**metrics, "grad_norm": optax.global_norm(g)}

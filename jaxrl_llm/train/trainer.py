@@ -150,6 +150,48 @@ def check_batch_split(batch, phase: Phase, microbatches: int) -> None:
         )
 
 
+def whole_group_size(batch, phase: Phase, microbatches: int) -> int:
+    """For an algorithm with `whole_groups`: the size g of the batch's groups, checked to be
+    consecutive blocks of equal `group_ids` (each id one block) that every mini- and
+    micro-batch holds whole (rows per micro-batch a multiple of g). A shape-and-ids check on
+    the host, every step, before the first update."""
+    name = phase.name
+    if not isinstance(batch, Rollout) or batch.group_ids is None:
+        raise ValueError(
+            f"the {name} phase's algorithm sets whole_groups=True, but its transform returns a "
+            f"{type(batch).__name__} without group_ids; whole groups need a Rollout with group_ids"
+        )
+    ids = np.asarray(sharding.to_host(batch.group_ids))
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    sizes = np.diff(np.r_[starts, len(ids)])
+    if len(np.unique(ids)) != len(starts) or len(set(sizes.tolist())) != 1:
+        raise ValueError(
+            f"the {name} phase's algorithm sets whole_groups=True, but the batch's group_ids do not "
+            f"form consecutive blocks of one size (block sizes {sorted(set(sizes.tolist()))}); the "
+            "strategy and transform must keep each group's rows together and groups equally large"
+        )
+    g = int(sizes[0])
+    per_micro = len(ids) // (phase.minibatches * microbatches)
+    if per_micro % g:
+        raise ValueError(
+            f"the {name} phase's algorithm keeps whole groups of {g} rows in every micro-batch, but "
+            f"a micro-batch has {per_micro} rows ({len(ids)} rows / train.minibatches="
+            f"{phase.minibatches} / train.microbatches={microbatches}); choose train.batch_size, "
+            "train.minibatches and train.microbatches so that each micro-batch holds whole groups"
+        )
+    return g
+
+
+def update_order(key, rows: int, minibatches: int, whole: int = 1) -> np.ndarray:
+    """The order in which an epoch's mini-batches take the rows: arange with one mini-batch,
+    else a random permutation (`key`) of blocks of `whole` consecutive rows (1: of rows; a
+    group size: of whole groups, for `Algorithm.whole_groups`)."""
+    if minibatches == 1:
+        return np.arange(rows)
+    perm = np.asarray(jax.random.permutation(key, rows // whole))
+    return (perm[:, None] * whole + np.arange(whole)).reshape(-1)
+
+
 def grouped_layout(batch, group_size: int) -> int:
     """`group_size` when the rows of `batch` (a host or device Rollout) come in consecutive
     blocks of `group_size` that share one prompt (the passes then run each prompt once),
@@ -645,6 +687,7 @@ class Trainer:
         aux = {n: m.params for n, m in self.aux_models.items()}
         batch, state = prepare(state, batch, aux)
         check_batch_split(batch, phase, cfg.microbatches)  # before any update: on the rows trained on
+        whole = whole_group_size(batch, phase, cfg.microbatches) if phase.algorithm.whole_groups else 1
         metrics.update({k: float(v) for k, v in jax.device_get(batch.metrics).items()})
         batch = batch._replace(metrics={})
         # The update runs each prompt once too when its one mini-batch is every row in order
@@ -658,11 +701,7 @@ class Trainer:
         totals: dict[str, Any] = {}
         num_updates = 0
         for epoch in range(phase.epochs):
-            order = (
-                np.asarray(jax.random.permutation(jax.random.fold_in(step_rng, 1000 + epoch), rows))
-                if phase.minibatches > 1
-                else np.arange(rows)
-            )
+            order = update_order(jax.random.fold_in(step_rng, 1000 + epoch), rows, phase.minibatches, whole)
             for mb in range(phase.minibatches):
                 new_state, m, finite = update(state, batch, order[mb * per_update : (mb + 1) * per_update])
                 if not bool(finite):

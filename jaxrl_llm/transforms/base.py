@@ -129,10 +129,14 @@ def inject_hyperparams(factory: Callable[..., Algorithm]) -> Callable[..., Algor
         def value_objective(outputs, batch, state):
             return build(state.hyperparams).value_objective(outputs, batch, state.inner)
 
+        def statistics(outputs, batch, state):
+            return build(state.hyperparams).statistics(outputs, batch, state.inner)
+
         return template._replace(
             transform=RolloutTransform(init, update),
             objective=objective,
             value_objective=value_objective if template.value_objective is not None else None,
+            statistics=statistics if template.statistics is not None else None,
         )
 
     make.__name__ = getattr(factory, "__name__", "algorithm")
