@@ -60,6 +60,16 @@ def sequence_mean(x: jax.Array, batch) -> jax.Array:
     return jnp.sum(jnp.asarray(x, jnp.float32)) / jnp.maximum(num_seqs, 1.0)
 
 
+IS_WEIGHT = "is_weight"  # Rollout.extras key of the rollout-correction importance weights [B, T]
+
+
+def importance_weight(batch) -> jax.Array | None:
+    """`batch.extras['is_weight']` [B, T]: per-token importance weights a rollout-correction
+    transform wrote (`jaxrl_llm.transforms.correction.truncated_is`), or None. Policy terms
+    multiply their per-token loss by it (`policy_surrogate` does)."""
+    return (batch.extras or {}).get(IS_WEIGHT)
+
+
 def old_logp(outputs, batch) -> jax.Array:
     """logp_old, or stop_gradient(logp) when the trainer skipped the pass (one update per
     rollout: the current parameters are then exactly the pre-update ones)."""
@@ -91,14 +101,19 @@ def policy_surrogate(
     max_len: int | None = None,
 ) -> Objective:
     """PPO clipped surrogate on `batch.advantages` (`ppo_clip_loss`: asymmetric and dual clip,
-    ratio against `old_logp`), aggregated with `loss_agg` over the loss mask.
-    Metrics: pg_loss (token mean), clip_fraction."""
+    ratio against `old_logp`), aggregated with `loss_agg` over the loss mask. When the batch
+    carries rollout-correction weights (`importance_weight`), the per-token loss is multiplied
+    by them (truncated IS between the trainer's and the sampler's log-probs, verl's
+    `pg_losses * rollout_is_weights`). Metrics: pg_loss (token mean, weighted), clip_fraction."""
 
     def objective(outputs, batch, state):
         mask = loss_mask(batch)
         pg, clipped = ppo_clip_loss(
             outputs.logp, old_logp(outputs, batch), batch.advantages, clip_eps, clip_eps_high, dual_clip
         )
+        weight = importance_weight(batch)
+        if weight is not None:
+            pg = pg * jax.lax.stop_gradient(weight)
         loss = aggregate(pg, mask, loss_agg, **normalisers(batch), max_len=max_len)
         return loss, {
             "pg_loss": token_mean(pg, mask, batch),

@@ -210,9 +210,30 @@ class RolloutStrategy(NamedTuple):
     prompts, tokenizer, auxiliary models), `prompts` a `PromptBatch`, `rng` a step-derived key.
     Strategies compose like optax wrappers: `dynamic_sampling(greedy_baseline(group_sampling()))`.
     They must be deterministic given (ctx.step, prompts, rng) so a resumed run repeats them.
+
+    Host-side state across steps (a replay buffer of earlier rollouts, T-PPO's unfinished
+    rollouts, XRPO's allocator statistics): give `init_state`, `() -> dict`; `collect` is then
+    `collect(ctx, prompts, rng, state) -> (Rollout, new_state)`. The state is a flat dict
+    str -> numpy array (numeric, bool or fixed-width str dtypes: it is saved without pickle);
+    wrappers nest an inner strategy's state under a key prefix (e.g. 'inner/'). The trainer
+    keeps it between steps, writes it into every checkpoint step directory as
+    `host_state.npz` (covered by the step's checksums, see `jaxrl_llm.train.checkpoint`) and
+    restores it on resume, so a resumed run continues bit-identically; each phase starts from
+    `init_state()`. The step's result must depend only on (ctx.step, prompts, rng, params,
+    state). Call a strategy through `run`, which handles both forms. A stateless wrapper
+    (`dynamic_sampling`, ...) calls `inner.collect(...)` without a state, so a stateful
+    strategy must be the outermost one (`replay(inner=dynamic_sampling())`).
     """
 
-    collect: Callable[[Any, Any, Any], Rollout]
+    collect: Callable[..., Any]
+    init_state: Callable[[], dict] | None = None
+
+    def run(self, ctx, prompts, rng, state: dict | None = None) -> tuple[Rollout, dict | None]:
+        """(rollout, new state) for either form; `state=None` starts from `init_state()`
+        (a stateless strategy returns None as its state)."""
+        if self.init_state is None:
+            return self.collect(ctx, prompts, rng), None
+        return self.collect(ctx, prompts, rng, self.init_state() if state is None else state)
 
 
 class Algorithm(NamedTuple):
@@ -239,6 +260,12 @@ class Algorithm(NamedTuple):
       (BAPO's clip-bound search over the current ratios, DisCO's KL-penalty multiplier), which
       would otherwise differ between 1 and k micro-batches. With k > 1 micro-batches it costs
       one forward pass over the mini-batch per update.
+    post_update: `(algo_state, stats) -> algo_state`, or None: state carried across updates by
+      the objective (a Lagrange multiplier updated by dual ascent from the KL the update just
+      produced, an adaptive coefficient). After each optimiser step the trainer measures
+      `statistics` again at the updated parameters over the same mini-batch and passes the
+      totals (one more forward per update; a non-finite step leaves the state unchanged).
+      Needs `statistics`.
     """
 
     data: str
@@ -249,6 +276,7 @@ class Algorithm(NamedTuple):
     strategy: RolloutStrategy | None = None
     whole_groups: bool = False
     statistics: Callable[[Any, Any, Any], dict] | None = None
+    post_update: Callable[[Any, dict], Any] | None = None
 
     def needs(self) -> frozenset:
         """Union of the passes' needs ('reference', 'critic', 'aux:<name>')."""

@@ -89,3 +89,68 @@ def test_whole_groups_are_checked_and_permuted_as_blocks():
     rows = update_order(jax.random.PRNGKey(3), 32, 2)  # rows: the permutation the trainer always used
     np.testing.assert_array_equal(rows, np.asarray(jax.random.permutation(jax.random.PRNGKey(3), 32)))
     np.testing.assert_array_equal(update_order(jax.random.PRNGKey(3), 32, 1, whole=4), np.arange(32))
+
+
+@jrl.register_algorithm("seams_dual_ascent")
+def dual_ascent(eta: float = 2.0) -> jrl.Algorithm:
+    """REINFORCE with a multiplier λ ← λ + η·D after each update, D the mini-batch token-mean k3
+    KL between the pre-update policy (logp_old) and the updated one."""
+
+    def statistics(outputs, batch, state):
+        mask = jrl.loss_mask(batch)
+        kl = jrl.kl_estimate(batch.logp_old, outputs.logp, "k3")
+        return {"kl_sum": jnp.sum(kl * mask), "tokens": jnp.sum(mask)}
+
+    def objective(outputs, batch, state):
+        mask = jrl.loss_mask(batch)
+        pg = jrl.token_mean(-batch.advantages * outputs.logp, mask, batch)
+        return pg, {"lam": state["lam"] * jrl.sequence_mean(jnp.ones(mask.shape[0]), batch)}
+
+    advantages = jrl.group_advantages()
+
+    def update(batch, state):  # GRPO advantages; the state passes through
+        return advantages.update(batch, ())[0], state
+
+    return jrl.Algorithm(
+        "rollout",
+        jrl.RolloutTransform(lambda: {"lam": jnp.zeros(())}, update),
+        objective,
+        statistics=statistics,
+        post_update=lambda state, stats: {"lam": state["lam"] + eta * stats["kl_sum"] / stats["tokens"]},
+    )
+
+
+def test_post_update_sees_the_statistics_of_the_updated_policy(tfds_dir, tmp_path):
+    import optax
+
+    from jaxrl_llm.train.forward import batch_policy_outputs
+    from jaxrl_llm.train.steps import TrainState, make_step_fns
+
+    trainer, state, batch = prepared_batch("grpo", tfds_dir, tmp_path)
+    algorithm = jrl.make_algorithm("seams_dual_ascent")
+    cfg, temperature = trainer.model_config, trainer.sampling.temperature
+    logp = lambda params: batch_policy_outputs(cfg, params, batch, temperature).logp  # noqa: E731
+    batch = batch._replace(logp_old=logp(state.params), metrics={})
+    rows = jnp.arange(batch.prompt_ids.shape[0])
+    lams, params = [], []
+    for micro in (1, 4):
+        opt = optax.sgd(0.5)
+        _, update = make_step_fns(
+            algorithm, cfg, opt, None, temperature=temperature, microbatches=micro, recompute_old_logp=False
+        )
+        start = TrainState(
+            jnp.zeros((), jnp.int32),
+            jax.tree.map(jnp.copy, state.params),
+            opt.init(state.params),
+            {"lam": jnp.zeros(())},
+            jax.random.PRNGKey(0),
+        )
+        new, metrics, finite = update(start, batch, rows)
+        assert bool(finite) and float(metrics["lam"]) == 0.0  # the objective saw the state before
+        lams.append(float(new.algo_state["lam"]))
+        params.append(new.params)
+    mask = np.asarray(batch.response_mask, np.float32)
+    kl = np.asarray(jrl.kl_estimate(batch.logp_old, logp(params[0]), "k3"))
+    expected = 2.0 * float((kl * mask).sum() / mask.sum())
+    assert expected > 1e-6
+    np.testing.assert_allclose(lams, [expected, expected], rtol=1e-4)

@@ -95,7 +95,7 @@ DRIVER = textwrap.dedent(
         if where == f"in-eval:{phase}:{step}":
             armed["eval"] = True
 
-    def after_save(result, self, step, state, meta=None, force=False):
+    def after_save(result, self, step, state, meta=None, force=False, **kwargs):
         if result and where == f"saved:{(meta or {}).get('phase')}:{step}":
             fire()
 

@@ -63,5 +63,10 @@ def check_algorithm(algorithm: Algorithm, name: str) -> None:
         raise ValueError(
             f"algorithm {name!r}: strategy must be a jaxrl_llm.RolloutStrategy, got {algorithm.strategy!r}"
         )
+    if algorithm.post_update is not None and algorithm.statistics is None:
+        raise ValueError(
+            f"algorithm {name!r}: post_update reads the statistics measured after each update; "
+            "define Algorithm.statistics too"
+        )
     if algorithm.strategy is not None and algorithm.data != "rollout":
         raise ValueError(f"algorithm {name!r}: a strategy collects rollouts, but data={algorithm.data!r}")

@@ -1,8 +1,16 @@
 """Orbax checkpoints of the train state plus a JSON `meta` dict, verified by content checksums
 and falling back to the previous good step; and a SIGTERM-to-flag helper.
 
-Layout: `directory/<step>/{state, meta, checksums.json, commit_success.txt, _CHECKPOINT_METADATA}`,
-plus `directory/corrupt/<step>-<time>/` for steps moved aside as damaged.
+Layout: `directory/<step>/{state, meta, checksums.json, commit_success.txt, _CHECKPOINT_METADATA}`
+(and `host_state.npz` when saved with a `host_state`), plus `directory/corrupt/<step>-<time>/`
+for steps moved aside as damaged.
+
+Host state. `save(..., host_state={name: numpy array})` also writes the flat dict as
+`host_state.npz` (`numpy.savez`, no pickle) into the step directory, inside the same commit:
+the temporary-path class writes it just before the manifest, so it is listed in
+`checksums.json` and verified like every other file. `restore` / `restore_latest_good` return
+it in `meta[HOST_STATE_KEY]` (absent when the step has none). The trainer keeps a rollout
+strategy's state there (`RolloutStrategy.init_state`: replay buffers and the like).
 
 Atomicity comes from orbax: a step is written into `<step>.orbax-checkpoint-tmp`, gets
 `commit_success.txt`, and is then renamed to `<step>` (one atomic rename on local disks). A crash
@@ -61,6 +69,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import io
 import json
 import logging
 import shutil
@@ -78,6 +87,8 @@ from orbax.checkpoint._src.path import atomicity_defaults
 COMMIT_FILE = "commit_success.txt"
 MANIFEST_FILE = "checksums.json"
 MANIFEST_FORMAT = "jaxrl_llm.checkpoint.checksums/1"
+HOST_STATE_FILE = "host_state.npz"  # `save(host_state=...)`, inside the step directory
+HOST_STATE_KEY = "host_state"  # where `restore` returns it in `meta`
 CORRUPT_DIR = "corrupt"  # damaged steps are moved here, as `<step>-<time>`
 # Files of a step directory the manifest records by presence only: orbax rewrites the step's
 # metadata (its commit time) while committing, after the manifest is written.
@@ -190,18 +201,46 @@ def verify_step(step_dir: str | epath.PathLike) -> list[str] | None:
     return problems
 
 
-def _checksummed_path_class(directory: epath.Path) -> type:
-    """orbax's temporary-path class for `directory`, writing the manifest just before the commit."""
+def _checksummed_path_class(directory: epath.Path, extra_files: dict | None = None) -> type:
+    """orbax's temporary-path class for `directory`, writing the manifest just before the commit.
+    `extra_files`: step -> {file name: bytes} written into the step directory first (popped)."""
     base = atomicity_defaults.get_default_temporary_path_class(directory)
+    extra_files = {} if extra_files is None else extra_files
+
+    def write(step_dir: epath.Path, step: int) -> None:
+        for name, data in extra_files.pop(step, {}).items():
+            (step_dir / name).write_bytes(data)
+        write_manifest(step_dir, step)
 
     class _ChecksummedTemporaryPath(base):
         async def finalize(self, *args, **kwargs):
             final = self.get_final()
             if final.name.isdigit():  # the step directory (items, such as `state/`, commit inside it)
-                await asyncio.to_thread(write_manifest, self.get(), int(final.name))
+                await asyncio.to_thread(write, self.get(), int(final.name))
             await super().finalize(*args, **kwargs)
 
     return _ChecksummedTemporaryPath
+
+
+def _host_state_bytes(host_state: Mapping[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    arrays = {str(k): np.asarray(v) for k, v in host_state.items()}
+    for key, value in arrays.items():
+        if value.dtype.hasobject:
+            raise TypeError(
+                f"host_state[{key!r}] has dtype {value.dtype}: host state is saved without pickle, so it must "
+                "be numeric, bool or fixed-width str arrays"
+            )
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _read_host_state(step_dir: epath.Path) -> dict | None:
+    path = step_dir / HOST_STATE_FILE
+    if not path.exists():
+        return None
+    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:
@@ -280,11 +319,13 @@ class Checkpointer:
         _quiet_orbax()
         self.directory = epath.Path(directory)
         self.save_every = save_every
+        self._extra_files: dict[int, dict[str, bytes]] = {}  # step -> files written in its commit
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
             cleanup_tmp_directories=True,  # removes what a crashed save left behind
             enable_async_checkpointing=async_save,
-            temporary_path_class=_checksummed_path_class(self.directory),  # writes checksums.json
+            # writes host_state.npz and checksums.json
+            temporary_path_class=_checksummed_path_class(self.directory, self._extra_files),
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -297,10 +338,19 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return max(self.all_steps(), default=None)
 
-    def save(self, step: int, state: Any, meta: Mapping[str, Any] | None = None, force: bool = False) -> bool:
+    def save(
+        self,
+        step: int,
+        state: Any,
+        meta: Mapping[str, Any] | None = None,
+        force: bool = False,
+        host_state: Mapping[str, Any] | None = None,
+    ) -> bool:
         """Saves when `step % save_every == 0` or `force`; False if skipped or `step` is already saved.
 
-        `meta` must be JSON-serialisable (tuples come back as lists).
+        `meta` must be JSON-serialisable (tuples come back as lists). `host_state`: a flat dict
+        of numpy arrays written as `host_state.npz` in the same commit (module docstring);
+        `restore` returns it as `meta[HOST_STATE_KEY]`.
         """
         if not force and (self.save_every is None or step % self.save_every):
             return False
@@ -316,7 +366,14 @@ class Checkpointer:
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta or {}))
         )
-        return bool(self._manager.save(step, args=args, force=True))
+        if host_state is not None:  # serialised now: the caller may change its arrays after save()
+            data = _host_state_bytes(host_state)
+            if jax.process_index() == 0:  # the process orbax finalizes (commits) the step on
+                self._extra_files[step] = {HOST_STATE_FILE: data}
+        saved = bool(self._manager.save(step, args=args, force=True))
+        if not saved:
+            self._extra_files.pop(step, None)
+        return saved
 
     def step_dir(self, step: int) -> epath.Path:
         return self.directory / str(step)
@@ -424,7 +481,11 @@ class Checkpointer:
     def _restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         restored = self._manager.restore(step, args=args)
-        return restored.state, restored.meta
+        meta = restored.meta
+        host_state = _read_host_state(self.step_dir(step))
+        if host_state is not None:
+            meta = {**meta, HOST_STATE_KEY: host_state}
+        return restored.state, meta
 
     def _agreed_problems(self, step: int) -> list[str] | None:
         """`verify(step)` in every process; damaged if damaged in any (all agree)."""

@@ -79,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Data: records {question, answer} in GSM8K format ("... #### 579").
     c.data = ml_collections.ConfigDict(
         dict(
-            name="arithmetic",  # 'arithmetic' (TFDS, generated offline) | 'gsm8k' (TFDS) | 'jsonl'
+            name="arithmetic",  # 'arithmetic' | 'countdown' (TFDS, generated offline) | 'gsm8k' | 'code' | 'jsonl'
             builder_config="add3_fixed",  # a+b, a and b in [100, 499]; see data/arithmetic.py
             data_dir="",  # TFDS data dir ('' = TFDS default)
             path="",  # jsonl: path with a {split} placeholder
@@ -118,6 +118,11 @@ def base_config() -> ml_collections.ConfigDict:
     # registered strategy (group_sampling, dynamic_sampling, greedy_baseline, best_of_n,
     # multi_turn, ...) whose other fields here are its arguments (jaxrl_llm/rollout/strategies.py).
     c.rollout = ml_collections.ConfigDict(dict(name=""))
+    # Rollout correction added to any algorithm, {name: {arguments}} in order (empty: none):
+    # 'truncated_is' (level 'token'|'sequence', cap), 'rejection_mask' (level, low, high),
+    # 'behaviour_as_old' (logp_old = the sampler's log-probs, for off-policy methods under
+    # replay); the mismatch metrics come with any of them (jaxrl_llm/transforms/correction.py).
+    c.correction = ml_collections.ConfigDict()
 
     c.optimizer = ml_collections.ConfigDict(
         dict(

@@ -180,6 +180,18 @@ def make_step_fns(
             outputs = outputs_of(params, batch, None, grouped_update)
         return algorithm.statistics(jax.lax.stop_gradient(outputs), batch, algo_state)
 
+    def minibatch_statistics(params, batch, algo_state):
+        """`Algorithm.statistics` totalled over the micro-batches of the mini-batch `batch`."""
+        if microbatches == 1:
+            return statistics_of(params, batch, algo_state)
+
+        def add(total, micro):
+            return jax.tree.map(jnp.add, total, statistics_of(params, micro, algo_state)), None
+
+        shapes = jax.eval_shape(statistics_of, params, _rows(batch, slice(0, 1)), algo_state)
+        total, _ = jax.lax.scan(add, jax.tree.map(jnp.zeros_like, shapes), _split(batch, microbatches))
+        return total
+
     def policy_loss(trainable, frozen, batch, algo_state, dropout_rng, stats):
         outputs = outputs_of(lora.join(trainable, frozen), batch, dropout_rng, grouped_update)
         if algorithm.statistics is not None:  # one micro-batch: the totals are this forward's
@@ -225,16 +237,9 @@ def make_step_fns(
         else:
             micros = (_split(batch, microbatches), jnp.arange(microbatches))
             first = _rows(batch, slice(0, 1))
-            stats = None
-            if algorithm.statistics is not None:  # totals over the mini-batch, before the gradient
-
-                def add_statistics(total, micro):
-                    return jax.tree.map(
-                        jnp.add, total, statistics_of(state.params, micro[0], state.algo_state)
-                    ), None
-
-                shapes = jax.eval_shape(statistics_of, state.params, first, state.algo_state)
-                stats, _ = jax.lax.scan(add_statistics, jax.tree.map(jnp.zeros_like, shapes), micros)
+            stats = None  # totals over the mini-batch, before the gradient
+            if algorithm.statistics is not None:
+                stats = minibatch_statistics(state.params, batch, state.algo_state)
 
             def accumulate(total, micro):
                 micro_batch, index = micro
@@ -265,6 +270,12 @@ def make_step_fns(
         # a select between the new and the old state: the optimiser then updates the donated
         # buffers in place (a select kept both states alive and copied them every step).
         new = jax.lax.cond(finite, apply, lambda operand: operand[0], (state, g, critic_g))
+        if algorithm.post_update is not None:  # statistics at the updated params -> algo state
+            after = algorithm.post_update(
+                new.algo_state, minibatch_statistics(new.params, batch, new.algo_state)
+            )
+            algo_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), after, new.algo_state)
+            new = new._replace(algo_state=algo_state)
         return new, metrics, finite
 
     options = remat_compiler_options(model_config)  # `update` differentiates: remat applies

@@ -39,7 +39,7 @@ from jaxrl_llm.rewards.models import RewardSources
 from jaxrl_llm.rollout.sampler import SamplingConfig, make_sampler
 from jaxrl_llm.rollout.strategies import PromptBatch, StrategyContext, group_sampling, make_strategy
 from jaxrl_llm.train import builders
-from jaxrl_llm.train.checkpoint import COMMIT_FILE, Checkpointer
+from jaxrl_llm.train.checkpoint import COMMIT_FILE, HOST_STATE_KEY, Checkpointer
 from jaxrl_llm.train.evaluation import EvaluationInterrupted, Evaluator
 from jaxrl_llm.train.metrics import MetricsWriter, read_metrics, summary_from_metrics
 from jaxrl_llm.train.plots import plot_curves
@@ -55,6 +55,7 @@ from jaxrl_llm.train.workdir import (
     save_tokenizer,
 )
 from jaxrl_llm.transforms.base import InjectState
+from jaxrl_llm.transforms.correction import correction_from_config
 from jaxrl_llm.types import Algorithm, PreferenceBatch, Rollout, RolloutStrategy
 
 
@@ -218,6 +219,10 @@ def rollout_metrics(rollout: Rollout) -> dict:
         "response_length": float(lengths.mean()),
         **{k: float(np.mean(v)) for k, v in rollout.extras.items() if k.startswith("reward/")},
     }
+    correct = rewards > 0.5  # as evaluation counts a verifier's reward; absent when no row is
+    for name, rows in (("correct", correct), ("incorrect", ~correct)):
+        if rows.any():
+            metrics[f"response_length_{name}"] = float(lengths[rows].mean())
     if rollout.group_ids is not None:  # fraction of groups whose rewards are all equal
         _, group = np.unique(np.asarray(rollout.group_ids), return_inverse=True)
         high, low = np.full(group.max() + 1, -np.inf), np.full(group.max() + 1, np.inf)
@@ -249,7 +254,9 @@ class Trainer:
         self.config = config
         self.workdir = os.path.abspath(workdir)
         algo_kwargs = {k: v for k, v in config.algo.items() if k != "name"}
-        self.algorithm = make_algorithm(config.algo.name, **algo_kwargs)
+        self.algorithm = correction_from_config(
+            make_algorithm(config.algo.name, **algo_kwargs), config.get("correction")
+        )
         validate_config(config, self.algorithm)
         self.strategy = resolve_strategy(config, self.algorithm)
         self.model_config, self.init_params, self.tokenizer = builders.build_model(config)
@@ -321,6 +328,9 @@ class Trainer:
         self._step_fn_cache: dict[tuple, tuple] = {}
         self._last_tagged: int | None = None
         self.final_state: TrainState | None = None
+        # The rollout strategy's host state (`RolloutStrategy.init_state`; None: stateless or not
+        # started), advanced by `collect`, saved with every checkpoint and restored on resume.
+        self.strategy_state: dict | None = None
 
     # ------------------------------------------------------------------ setup helpers
     def _read_summary(self) -> dict:
@@ -435,7 +445,8 @@ class Trainer:
             step=jnp.asarray(step, jnp.int32),
             params=params,
             opt_state=optimizer_state(phase.optimizer, params),
-            algo_state=algo.transform.init(),
+            # Copied: `update` donates every leaf, and an `init` may put one array in two places.
+            algo_state=jax.tree.map(jnp.copy, algo.transform.init()),
             rng=jax.random.PRNGKey(self.config.seed),
             # A copy: `update` donates the state's buffers, and params must not alias the reference.
             # Under LoRA the reference is the frozen base inside `params` (steps.reference_params).
@@ -518,8 +529,10 @@ class Trainer:
         # Verified; a damaged latest step is reported, moved aside, and the previous one used.
         restored = ckpt.restore_latest_good(abstract_state=state)
         latest = None if restored is None else restored[0]
+        self.strategy_state = None  # each phase starts from the strategy's init_state()
         if restored is not None:
             _, state, meta = restored
+            self.strategy_state = _strategy_state(meta.get(HOST_STATE_KEY))
             check_aux_record(meta.get("aux_models"), self.aux_models, f"{ckpt.directory}/{latest}")
             start = meta["phase_start"]
             if meta.get("done"):
@@ -613,7 +626,9 @@ class Trainer:
             # orbax never overwrites a step. Deleted first: a kill in between resumes from the
             # previous checkpoint (recomputed, the same trajectory).
             ckpt.delete(step)
-        if ckpt.save(step, state, {**meta, "metrics_rows": self.writer.rows}, force=force):
+        # The strategy's host state only when it has one (a plain save's signature otherwise).
+        host = {} if self.strategy_state is None else {"host_state": _host_state(self.strategy_state)}
+        if ckpt.save(step, state, {**meta, "metrics_rows": self.writer.rows}, force=force, **host):
             self.writer.flush()  # TensorBoard events up to this checkpoint reach the disk
             signals.clean = True
 
@@ -740,7 +755,8 @@ class Trainer:
     def collect(
         self, state: TrainState, prompts: PromptBatch, extra=None, index: int = 0
     ) -> tuple[Rollout, StrategyContext]:
-        """The strategy's Rollout for the step `state.step` (host arrays) and its context."""
+        """The strategy's Rollout for the step `state.step` (host arrays) and its context; a
+        stateful strategy advances `self.strategy_state`."""
         step = int(state.step)
         rounds_per_step = 64  # extra prompt batches addressable per step
 
@@ -761,7 +777,7 @@ class Trainer:
             extra_prompts=extra_prompts,
         )
         rng = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0)
-        rollout = self.strategy.collect(ctx, prompts, rng)
+        rollout, self.strategy_state = self.strategy.run(ctx, prompts, rng, self.strategy_state)
         return rollout, ctx
 
     def _evaluate(self, phase: Phase, state: TrainState, step: int, tag: str | None = None) -> dict:
@@ -827,6 +843,21 @@ _RESUMABLE_CHANGES = (
     "mesh.rules",
     *(f"distributed.{field}" for field in distributed.ENV_VARS),
 )
+
+
+_STRATEGY = "strategy/"  # key prefix of the strategy's state in a checkpoint's host state
+
+
+def _host_state(strategy_state: dict) -> dict:
+    """What a checkpoint saves as its host state: the strategy's state, under a key prefix."""
+    return {f"{_STRATEGY}{k}": v for k, v in strategy_state.items()}
+
+
+def _strategy_state(host_state: dict | None) -> dict | None:
+    """The strategy's state in a checkpoint's host state (None: the step has none)."""
+    if host_state is None:
+        return None
+    return {k[len(_STRATEGY) :]: v for k, v in host_state.items() if k.startswith(_STRATEGY)}
 
 
 def _critic_from_policy(model_config, policy_params, seed: int):

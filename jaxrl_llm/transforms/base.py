@@ -132,7 +132,11 @@ def inject_hyperparams(factory: Callable[..., Algorithm]) -> Callable[..., Algor
         def statistics(outputs, batch, state):
             return build(state.hyperparams).statistics(outputs, batch, state.inner)
 
+        def post_update(state, stats):
+            return state._replace(inner=build(state.hyperparams).post_update(state.inner, stats))
+
         return template._replace(
+            post_update=post_update if template.post_update is not None else None,
             transform=RolloutTransform(init, update),
             objective=objective,
             value_objective=value_objective if template.value_objective is not None else None,
