@@ -202,7 +202,7 @@ def test_jsonl_numbers_become_str_and_bad_lines_are_located(tmp_path):
 def test_make_source_errors(tmp_path):
     with pytest.raises(
         ValueError,
-        match=r"unknown dataset 'squad' in config field data\.name.*'arithmetic', 'code', 'gsm8k', 'jsonl'",
+        match=r"unknown dataset 'squad' in config field data\.name.*'arithmetic', 'code', 'countdown', 'gsm8k', 'jsonl'",
     ):
         make_source(data_config(name="squad"), "train")
     pattern = str(tmp_path / "gsm8k_{split}.jsonl")

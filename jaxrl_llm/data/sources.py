@@ -5,6 +5,8 @@
 {"question": ..., "answer": "<reasoning>\\n#### <final>"} (field names configurable):
 
   * 'arithmetic': the synthetic TFDS builder `jaxrl_arithmetic` (offline, prepared on first use);
+  * 'countdown': the synthetic TFDS builder `jaxrl_countdown` (offline, prepared on first use;
+    verified by the `countdown` reward, jaxrl_llm/data/countdown.py);
   * 'gsm8k': TFDS's own `gsm8k` builder (downloads from GitHub on first use; offline, seed its
     download cache with `cache_gsm8k_files`);
   * 'jsonl': local JSON-lines files, one record per line, e.g. GSM8K's own files;
@@ -89,6 +91,15 @@ def _arithmetic_source(config, split: str) -> TfdsSource:
 
     builder = prepare_arithmetic(
         getattr(config, "builder_config", "") or "add3_fixed", getattr(config, "data_dir", "")
+    )
+    return tfds_split(builder, split)
+
+
+def _countdown_source(config, split: str) -> TfdsSource:
+    from jaxrl_llm.data.countdown import prepare_countdown
+
+    builder = prepare_countdown(
+        getattr(config, "builder_config", "") or "n3", getattr(config, "data_dir", "")
     )
     return tfds_split(builder, split)
 
@@ -191,6 +202,7 @@ def _code_source(config, split: str) -> list[dict]:
 SOURCES = {
     "arithmetic": _arithmetic_source,
     "code": _code_source,
+    "countdown": _countdown_source,
     "gsm8k": _gsm8k_source,
     "jsonl": _jsonl_source,
 }
@@ -199,9 +211,10 @@ SOURCES = {
 def make_source(data_config, split: str) -> Sequence[dict]:
     """The records of one split, random access: `len(source)`, `source[i]` -> dict of str.
 
-    data_config fields: name ('arithmetic' | 'code' | 'gsm8k' | 'jsonl'), builder_config (arithmetic config,
-    default 'add3_fixed'), data_dir (TFDS data dir, '' = default), path (jsonl: contains '{split}'),
-    question_field, answer_field. The fields of the first record are checked here.
+    data_config fields: name ('arithmetic' | 'code' | 'countdown' | 'gsm8k' | 'jsonl'), builder_config
+    (arithmetic config, default 'add3_fixed'; countdown config, default 'n3'), data_dir (TFDS data
+    dir, '' = default), path (jsonl: contains '{split}'), question_field, answer_field. The fields
+    of the first record are checked here.
     """
     name = getattr(data_config, "name", None)
     if name not in SOURCES:

@@ -1,5 +1,5 @@
-"""Rewards: verifiers for math answers and code (run in a sandbox), a registry of reward functions
-by name, batched scoring."""
+"""Rewards: verifiers for math answers, Countdown expressions and code (run in a sandbox), a
+registry of reward functions by name, batched scoring."""
 
 from jaxrl_llm.rewards.code import (  # registers code_tests, code_tests_all, code_stdout
     code_stdout,
@@ -9,6 +9,11 @@ from jaxrl_llm.rewards.code import (  # registers code_tests, code_tests_all, co
     parse_tests,
     score_code_stdout,
     score_code_tests,
+)
+from jaxrl_llm.rewards.countdown import (  # registers countdown, countdown_format
+    check_solution,
+    countdown,
+    countdown_format,
 )
 from jaxrl_llm.rewards.math import (
     RewardFn,
@@ -44,10 +49,13 @@ __all__ = [
     "SandboxError",
     "SandboxResult",
     "answers_match",
+    "check_solution",
     "code_stdout",
     "code_tests",
     "code_tests_all",
     "configure_default_sandbox",
+    "countdown",
+    "countdown_format",
     "default_sandbox",
     "extract_code",
     "exact_match",
