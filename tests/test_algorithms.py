@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from batch_helpers import outputs, prepare, rollout, rows
 
 from jaxrl_llm.algorithms import make_algorithm, register, registered_algorithms
 from jaxrl_llm.transforms.base import InjectState, chain, identity, inject_hyperparams, named_chain
@@ -18,21 +19,7 @@ from jaxrl_llm.transforms.rollout import (
     normalize_rewards,
     reward_to_tokens,
 )
-from jaxrl_llm.types import Algorithm, ModelOutputs, PreferenceBatch, Rollout, RolloutTransform
-
-
-def rollout(rewards, mask, group_ids=None, **fields):
-    mask = jnp.asarray(mask, jnp.int32)
-    b, t = mask.shape
-    return Rollout(
-        prompt_ids=jnp.zeros((b, 2), jnp.int32),
-        prompt_mask=jnp.ones((b, 2), jnp.int32),
-        response_ids=jnp.zeros((b, t), jnp.int32),
-        response_mask=mask,
-        group_ids=jnp.zeros(b, jnp.int32) if group_ids is None else jnp.asarray(group_ids),
-        rewards=jnp.asarray(rewards, jnp.float32),
-        **fields,
-    )
+from jaxrl_llm.types import Algorithm, ModelOutputs, PreferenceBatch, RolloutTransform
 
 
 def test_registry_lists_known_algorithms_for_unknown_name():
@@ -63,13 +50,11 @@ def test_grpo_golden_token_loss():
     # GRPO golden (DeepSeekMath, verl): rewards [1,0,0,0] -> A = [1.5, -.5, -.5, -.5]; on-policy token with
     # A = 1.5, pi = 0.5, pi_ref = 0.4, beta = 0.04 -> l = -1.5 + 0.04 * 0.023144 = -1.499074.
     algo = make_algorithm("grpo", beta=0.04)
-    batch = rollout([1.0, 0.0, 0.0, 0.0], np.ones((4, 1)))
-    batch, state = algo.transform.update(batch, algo.transform.init())
+    batch, state = prepare(algo, rollout([1.0, 0.0, 0.0, 0.0], np.ones((4, 1))))
     np.testing.assert_allclose(batch.advantages[:, 0], [1.5, -0.5, -0.5, -0.5], atol=1e-5)
     logp = jnp.full((4, 1), math.log(0.5))
     batch = batch._replace(logp_ref=jnp.full((4, 1), math.log(0.4)))
-    first = jax.tree.map(lambda x: x[:1] if getattr(x, "ndim", 0) else x, batch)
-    loss, metrics = algo.objective(ModelOutputs(logp=logp[:1], entropy=jnp.zeros((1, 1))), first, state)
+    loss, metrics = algo.objective(outputs(logp[:1]), rows(batch, slice(0, 1)), state)
     np.testing.assert_allclose(loss, -1.499074, atol=1e-5)
     np.testing.assert_allclose(metrics["kl"], 0.023144, atol=1e-6)
     assert [p.name for p in algo.passes] == ["reference"]
@@ -78,8 +63,7 @@ def test_grpo_golden_token_loss():
 
 def test_dr_grpo_advantages_and_aggregation():
     algo = make_algorithm("grpo", std="none", loss_agg="seq_mean_token_sum_norm", beta=0.0, max_len=4)
-    batch = rollout([1.0, 0.0, 0.0, 0.0], np.ones((4, 1)))
-    batch, _ = algo.transform.update(batch, algo.transform.init())
+    batch, _ = prepare(algo, rollout([1.0, 0.0, 0.0, 0.0], np.ones((4, 1))))
     np.testing.assert_allclose(batch.advantages[:, 0], [0.75, -0.25, -0.25, -0.25], atol=1e-6)
 
 
@@ -87,8 +71,7 @@ def test_ppo_transform_chain_matches_gae_golden():
     # PPO-RLHF golden (MOSS-RLHF GAE): r = [0, 0, 1], V = [.5, .6, .7], gamma 1, lam .95.
     algo = make_algorithm("ppo", kl_coef=0.0, whiten=False)
     assert [p.name for p in algo.passes] == ["critic"] and algo.value_objective is not None
-    batch = rollout([1.0], np.ones((1, 3)), values=jnp.asarray([[0.5, 0.6, 0.7]]))
-    batch, _ = algo.transform.update(batch, algo.transform.init())
+    batch, _ = prepare(algo, rollout([1.0], np.ones((1, 3)), values=jnp.asarray([[0.5, 0.6, 0.7]])))
     np.testing.assert_allclose(batch.advantages[0], [0.46575, 0.385, 0.3], atol=1e-5)
     np.testing.assert_allclose(batch.returns[0], [0.96575, 0.985, 1.0], atol=1e-5)
     # value clip golden (test (b)): V_old 0.5, V 1.0, R 1.2, eps 0.2 -> 0.125
@@ -107,7 +90,7 @@ def test_ppo_kl_penalty_in_reward_uses_old_and_reference():
         logp_old=jnp.log(jnp.full((1, 2), 0.5)),
         logp_ref=jnp.log(jnp.full((1, 2), 0.4)),
     )
-    batch, _ = algo.transform.update(batch, algo.transform.init())
+    batch, _ = prepare(algo, batch)
     k1 = math.log(0.5 / 0.4)
     np.testing.assert_allclose(batch.token_rewards[0], [-0.1 * k1, 1.0 - 0.1 * k1], atol=1e-6)
 
@@ -175,12 +158,12 @@ def test_scheduled_hyperparameter_lives_in_state_and_never_recompiles():
     assert isinstance(state, InjectState)
     batch = rollout([1.0, 0.0], np.ones((2, 3)))
     batch = batch._replace(logp_ref=jnp.full((2, 3), -1.0))
-    outputs = ModelOutputs(logp=jnp.full((2, 3), -0.5), entropy=jnp.zeros((2, 3)))
+    out = outputs(jnp.full((2, 3), -0.5))
 
     @jax.jit
     def step(batch, state):
-        batch, state = algo.transform.update(batch, state)
-        loss, metrics = algo.objective(outputs, batch, state)
+        batch, state = prepare(algo, batch, state)
+        loss, metrics = algo.objective(out, batch, state)
         return state, loss, metrics
 
     losses = []

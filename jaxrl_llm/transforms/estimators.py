@@ -29,32 +29,70 @@ def masked_mean(x: Array, mask: Array, axis: int | tuple[int, ...] | None = None
     return total / jnp.maximum(jnp.sum(mask, axis=axis), 1.0)
 
 
-class _GroupStats(NamedTuple):
-    count: Array  # [B] size of each sample's group
-    mean: Array  # [B] group mean of each sample's group
-    sq_dev: Array  # [B] Σ_group (R − mean)² of each sample's group
+class GroupStats(NamedTuple):
+    """`group_stats`' result: each row's group statistics, [B] each."""
+
+    count: Array  # [B] number of real samples in each sample's group
+    mean: Array  # [B] group mean of each sample's group (virtual samples included)
+    sq_dev: Array  # [B] Σ_group (R − mean)² of each sample's group (virtual samples included)
     constant: Array  # [B] bool, all rewards in the group are equal (incl. size-1 groups)
-    segment: Array  # [B] dense group index in [0, num_groups)
+    segment: Array  # [B] dense group index in [0, num_groups), in ascending group-id order
+    size: Array  # [B] count + the number of virtual samples
+
+    def std(self, unbiased: bool = True) -> Array:
+        """The group std, sqrt(sq_dev / (size − 1)) (unbiased) or sqrt(sq_dev / size). [B]."""
+        dof = self.size - 1.0 if unbiased else self.size
+        return jnp.sqrt(self.sq_dev / jnp.maximum(dof, 1.0))
 
 
-def _group_stats(rewards: Array, group_ids: Array) -> _GroupStats:
-    rewards = jnp.asarray(rewards, jnp.float32)
-    n = rewards.shape[0]
-    # Dense re-indexing (sort-based, O(B log B)) so segment ops with num_segments=B accept any ids.
+def _dense_segments(group_ids: Array) -> Array:
+    """Dense re-indexing (sort-based, O(B log B)) so segment ops with num_segments=B accept
+    any ids: [B] -> [B] in [0, num_groups), ascending with the id."""
+    n = group_ids.shape[0]
     _, segment = jnp.unique(group_ids, size=n, return_inverse=True, fill_value=0)
-    segment = segment.reshape(n)
-
-    def per_sample(values, op=jax.ops.segment_sum):
-        return op(values, segment, num_segments=n)[segment]
-
-    count = per_sample(jnp.ones_like(rewards))
-    mean = per_sample(rewards) / count
-    sq_dev = per_sample(jnp.square(rewards - mean))
-    constant = per_sample(rewards, jax.ops.segment_max) == per_sample(rewards, jax.ops.segment_min)
-    return _GroupStats(count, mean, sq_dev, constant, segment)
+    return segment.reshape(n)
 
 
-def group_advantages(rewards: Array, group_ids: Array, std: str = "unbiased", eps: float = 1e-6) -> Array:
+def _per_row(values: Array, segment: Array, op=jax.ops.segment_sum) -> Array:
+    """The group reduction `op` of `values`, gathered back to every row of the group. [B] -> [B]."""
+    n = segment.shape[0]
+    return op(values, segment, num_segments=n)[segment]
+
+
+def group_stats(
+    rewards: Array, group_ids: Array, virtual_reward: float = 1.0, virtual_count: int = 0
+) -> GroupStats:
+    """Per-row statistics of each row's group of `rewards` (`GroupStats`), with `virtual_count`
+    extra samples of reward `virtual_reward` in the mean and squared deviations (NGRPO). [B], [B] -> [B] each.
+
+    Example:
+      >>> s = group_stats(jnp.array([1.0, 0, 0, 0]), jnp.zeros(4, jnp.int32))
+      >>> s.mean, s.std()  # [.25] * 4, [.5] * 4
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    segment = _dense_segments(group_ids)
+    count = _per_row(jnp.ones_like(rewards), segment)
+    size = count + virtual_count
+    mean = (_per_row(rewards, segment) + virtual_count * virtual_reward) / size
+    sq_dev = _per_row(jnp.square(rewards - mean), segment) + virtual_count * jnp.square(virtual_reward - mean)
+    high, low = (
+        _per_row(rewards, segment, jax.ops.segment_max),
+        _per_row(rewards, segment, jax.ops.segment_min),
+    )
+    constant = high == low
+    if virtual_count:
+        constant = constant & (high == virtual_reward)
+    return GroupStats(count, mean, sq_dev, constant, segment, size)
+
+
+def group_advantages(
+    rewards: Array,
+    group_ids: Array,
+    std: str = "unbiased",
+    eps: float = 1e-6,
+    virtual_reward: float = 1.0,
+    virtual_count: int = 0,
+) -> Array:
     """Group-relative advantages (GRPO). [B], [B] int -> [B].
 
         A_i = (R_i − mean_g) / (std_g + eps)      std = 'unbiased' (N − 1, verl/TRL) or 'population' (N)
@@ -64,23 +102,28 @@ def group_advantages(rewards: Array, group_ids: Array, std: str = "unbiased", ep
     every ``std`` mode); a group whose rewards are all equal gets A = 0 exactly (rather than
     float32 round-off divided by eps).
 
+    ``virtual_count`` = k > 0 adds k virtual samples of reward ``virtual_reward`` (R_max) to
+    every group's statistics, not to its rows (NGRPO, arXiv 2509.18851,
+    ``compute_ngrpo_outcome_advantage``): mean_g and std_g are taken over R ∪ {R_max}×k, so an
+    all-wrong group gets negative advantages instead of 0; a group whose real rewards all
+    equal R_max is constant and gets 0; single-sample groups keep A = R, as in that code.
+
     Papers: GRPO (DeepSeekMath), arXiv 2402.03300; Dr.GRPO, arXiv 2503.20783.
 
     Example:
       >>> group_advantages(jnp.array([1.0, 0, 0, 0]), jnp.zeros(4, jnp.int32))  # [1.5, −0.5, −0.5, −0.5]
       >>> group_advantages(jnp.array([1.0, 0, 0, 0]), jnp.zeros(4, jnp.int32), std="none")  # [.75, −.25, ...]
+      >>> group_advantages(jnp.zeros(8), jnp.zeros(8, jnp.int32), virtual_count=1)  # −1/3 each (μ=1/9, σ=1/3)
     """
     if std not in GROUP_STD_MODES:
         raise ValueError(f"Unknown group std mode std={std!r}; expected one of {GROUP_STD_MODES}.")
     rewards = jnp.asarray(rewards, jnp.float32)
-    stats = _group_stats(rewards, group_ids)
+    stats = group_stats(rewards, group_ids, virtual_reward, virtual_count)
     centred = rewards - stats.mean
     if std == "none":
         advantages = centred
     else:
-        dof = stats.count - 1.0 if std == "unbiased" else stats.count
-        group_std = jnp.sqrt(stats.sq_dev / jnp.maximum(dof, 1.0))
-        advantages = centred / (group_std + eps)
+        advantages = centred / (stats.std(std == "unbiased") + eps)
     advantages = jnp.where(stats.constant, 0.0, advantages)
     return jnp.where(stats.count == 1, rewards, advantages)
 
@@ -97,7 +140,7 @@ def rloo_advantages(rewards: Array, group_ids: Array) -> Array:
       >>> rloo_advantages(jnp.array([1.0, 0, 0, 0]), jnp.zeros(4, jnp.int32))  # [1, −1/3, −1/3, −1/3]
     """
     rewards = jnp.asarray(rewards, jnp.float32)
-    stats = _group_stats(rewards, group_ids)
+    stats = group_stats(rewards, group_ids)
     scale = stats.count / jnp.maximum(stats.count - 1.0, 1.0)
     advantages = jnp.where(stats.constant, 0.0, scale * (rewards - stats.mean))
     return jnp.where(stats.count == 1, rewards, advantages)
@@ -123,7 +166,7 @@ def reinforce_pp_baseline_rewards(rewards: Array, group_ids: Array) -> Array:
       >>> reinforce_pp_baseline_rewards(jnp.array([1.0, 0, 0, 0]), jnp.zeros(4, jnp.int32))  # [.75, −.25, −.25, −.25]
     """
     rewards = jnp.asarray(rewards, jnp.float32)
-    stats = _group_stats(rewards, group_ids)
+    stats = group_stats(rewards, group_ids)
     centred = jnp.where(stats.constant, 0.0, rewards - stats.mean)
     return jnp.where(stats.count == 1, rewards, centred)
 
@@ -137,11 +180,195 @@ def zero_variance_groups(rewards: Array, group_ids: Array) -> Array:
     Example:
       >>> zero_variance_groups(jnp.array([1.0, 1, 0, 1]), jnp.array([0, 0, 1, 1]))  # 0.5
     """
-    stats = _group_stats(rewards, group_ids)
+    stats = group_stats(rewards, group_ids)
     n = stats.segment.shape[0]
     present = jax.ops.segment_max(jnp.ones(n, jnp.float32), stats.segment, num_segments=n) > 0
     constant = jax.ops.segment_min(stats.constant.astype(jnp.float32), stats.segment, num_segments=n) > 0
     return jnp.sum(present & constant) / jnp.maximum(jnp.sum(present), 1)
+
+
+def all_correct_groups(
+    rewards: Array, group_ids: Array, threshold: float = 0.5, inclusive: bool = False
+) -> Array:
+    """Rows whose whole group is correct: every reward > ``threshold`` (≥ with ``inclusive``).
+    [B], [B] -> bool [B].
+
+    NGRPO's ``filter_strategy=all_correct`` drops these groups (arXiv 2509.18851).
+
+    Example:
+      >>> all_correct_groups(jnp.array([1.0, 1, 1, 0]), jnp.array([0, 0, 1, 1]))  # [True, True, False, False]
+    """
+    lowest = _per_row(jnp.asarray(rewards, jnp.float32), _dense_segments(group_ids), jax.ops.segment_min)
+    return lowest >= threshold if inclusive else lowest > threshold
+
+
+def valid_group_scale(rewards: Array, group_ids: Array, mode: str = "valid_groups") -> Array:
+    """GPG's batch-level gradient correction α (arXiv 2504.02546). [B], [B] -> scalar.
+
+    * ``valid_groups`` (paper, α = B / (B − M); official AMAP-ML/GPG ``gpg_trainer.py``, which
+      divides the loss by ``inverse_alpha`` = valid groups / groups): α = B / B_valid, with
+      B_valid the rows of the groups whose rewards are not all equal (a zero-variance group
+      has zero advantages, so it adds nothing to the gradient but dilutes the batch mean).
+      Rows and groups give the same ratio when every group has the same size.
+    * ``nonzero_rewards`` (verl ``compute_gpg_outcome_advantage``): α = B / #{i: R_i ≠ 0}.
+    * ``none``: α = 1.
+
+    The denominator is clamped to ≥ 1 (a batch with no valid group has zero advantages).
+
+    Example:
+      >>> valid_group_scale(jnp.array([1.0, 0, 1, 1]), jnp.array([0, 0, 1, 1]))  # 4 / 2 = 2.0
+    """
+    modes = ("valid_groups", "nonzero_rewards", "none")
+    if mode not in modes:
+        raise ValueError(f"valid_group_scale: unknown mode={mode!r}; expected one of {modes}")
+    rewards = jnp.asarray(rewards, jnp.float32)
+    if mode == "none":
+        return jnp.ones((), jnp.float32)
+    if mode == "nonzero_rewards":
+        valid = rewards != 0
+    else:
+        valid = ~group_stats(rewards, group_ids).constant
+    return rewards.shape[0] / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def overlong_penalty(
+    lengths: Array, max_len: int, cache_len: int, factor: float = 1.0, hard_beyond_max: bool = False
+) -> Array:
+    """DAPO's soft overlong punishment (arXiv 2503.14476), added to the reward. [B] -> [B].
+
+        R_len = min(−(|y| − L_exp) / L_cache · factor, 0),   L_exp = L_max − L_cache
+
+    0 up to L_exp, then linear down to −factor at L_max, as verl's DAPO reward manager
+    (``verl/workers/reward_manager/dapo.py``), which keeps the line going beyond L_max (it never
+    sees such lengths: L_max is its generation limit). ``hard_beyond_max`` is the paper's
+    Eq. 13: −factor (−1) for every |y| > L_max.
+
+    Example (the spec's goldens, L_max = 20480, L_cache = 4096):
+      >>> overlong_penalty(jnp.array([16384, 18432, 20480]), 20480, 4096)  # [0, −0.5, −1]
+    """
+    lengths = jnp.asarray(lengths, jnp.float32)
+    expected = max_len - cache_len
+    penalty = jnp.minimum(-(lengths - expected) / cache_len * factor, 0.0)
+    if hard_beyond_max:
+        penalty = jnp.where(lengths > max_len, -factor, penalty)
+    return penalty
+
+
+def length_rewards(lengths: Array, group_ids: Array) -> Array:
+    """Kimi-1.5 length reward within each group (arXiv 2501.12599 §2.3.3). [B], [B] -> [B].
+
+        len_i = 0.5 − (L_i − L_min) / (L_max − L_min),   L_min, L_max over the row's group
+
+    0 for every row of a group whose lengths are all equal.
+
+    Example:
+      >>> length_rewards(jnp.array([100, 200, 300]), jnp.zeros(3, jnp.int32))  # [0.5, 0, −0.5]
+    """
+    lengths = jnp.asarray(lengths, jnp.float32)
+    segment = _dense_segments(group_ids)
+    low = _per_row(lengths, segment, jax.ops.segment_min)
+    high = _per_row(lengths, segment, jax.ops.segment_max)
+    span = high - low
+    return jnp.where(span > 0, 0.5 - (lengths - low) / jnp.where(span > 0, span, 1.0), 0.0)
+
+
+def top_fraction_groups(scores: Array, group_ids: Array, fraction: float) -> Array:
+    """Rows whose group is among the top ``fraction`` of the batch's groups by mean score.
+    [B], [B] -> bool [B].
+
+    round(fraction · num_groups) groups are selected (half rounds up); ties are broken by
+    the smaller group id. Used by GRPO-λ (arXiv 2505.18086) with the correctness ratio.
+
+    Example:
+      >>> top_fraction_groups(jnp.array([1.0, 0, 0, 0, 1, 1]), jnp.array([0, 0, 1, 1, 2, 2]), 1 / 3)
+      >>> # [False, False, False, False, True, True]  (group 2 has the highest mean)
+    """
+    scores = jnp.asarray(scores, jnp.float32)
+    n = scores.shape[0]
+    segment = _dense_segments(group_ids)
+    count = jax.ops.segment_sum(jnp.ones(n, jnp.float32), segment, num_segments=n)
+    present = count > 0
+    mean = jax.ops.segment_sum(scores, segment, num_segments=n) / jnp.maximum(count, 1.0)
+    index = jnp.arange(n)
+    ahead = present[None, :] & (
+        (mean[None, :] > mean[:, None])
+        | ((mean[None, :] == mean[:, None]) & (index[None, :] < index[:, None]))
+    )
+    rank = jnp.sum(ahead, axis=1)  # [n] groups ranked before each group
+    wanted = jnp.floor(fraction * jnp.sum(present) + 0.5)
+    return (rank < wanted)[segment]
+
+
+def grpo_lambda_rewards(
+    rewards: Array, lengths: Array, group_ids: Array, fraction: float, correct_threshold: float = 0.5
+) -> tuple[Array, Array]:
+    """GRPO-λ reward switch (arXiv 2505.18086; reward form assumed). [B] x3 -> (rewards, selected) [B].
+
+    c_i = 1[R_i > threshold]. The top-``fraction`` groups by correctness ratio mean_g(c)
+    (`top_fraction_groups`) get the Kimi-1.5 length-penalised reward with
+    len_i = `length_rewards` (within the group):
+
+        correct: 1 + len_i      incorrect: min(0, len_i)
+
+    every other group the plain 0/1 reward c_i.
+
+    Example:
+      >>> r, sel = grpo_lambda_rewards(jnp.ones(3), jnp.array([100, 200, 300]), jnp.zeros(3, jnp.int32), 1.0)
+      >>> r  # [1.5, 1.0, 0.5]
+    """
+    correct = (jnp.asarray(rewards, jnp.float32) > correct_threshold).astype(jnp.float32)
+    selected = top_fraction_groups(correct, group_ids, fraction)
+    length = length_rewards(lengths, group_ids)
+    shaped = jnp.where(correct > 0, 1.0 + length, jnp.minimum(0.0, length))
+    return jnp.where(selected, shaped, correct), selected
+
+
+def prompt_advantages(rewards: Array, group_ids: Array, eps: float = 1e-6) -> Array:
+    """Prompt-level advantages standardised across the batch's groups (COPO's global term,
+    arXiv 2508.04138; form assumed). [B], [B] -> [B].
+
+        g_q = mean_{i∈q} R_i,   A^g_q = (g_q − mean_q g) / (std_q g + eps)
+
+    each group counted once; std is unbiased over the groups (0 with fewer than 2 groups or
+    when every g_q is equal, exactly). Every row of q gets A^g_q.
+
+    Example (two prompts with accuracies 1 and 0):
+      >>> prompt_advantages(jnp.array([1.0, 1, 0, 0]), jnp.array([0, 0, 1, 1]))  # [.7071, .7071, −.7071, −.7071]
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    n = rewards.shape[0]
+    stats = group_stats(rewards, group_ids)
+    count = jax.ops.segment_sum(jnp.ones(n, jnp.float32), stats.segment, num_segments=n)
+    present = count > 0
+    means = jax.ops.segment_sum(rewards, stats.segment, num_segments=n) / jnp.maximum(count, 1.0)
+    groups = jnp.sum(present)
+    centre = jnp.sum(jnp.where(present, means, 0.0)) / jnp.maximum(groups, 1.0)
+    var = jnp.sum(jnp.where(present, jnp.square(means - centre), 0.0)) / jnp.maximum(groups - 1.0, 1.0)
+    spread = jnp.max(jnp.where(present, means, -jnp.inf)) - jnp.min(jnp.where(present, means, jnp.inf))
+    advantages = (stats.mean - centre) / (jnp.sqrt(var) + eps)
+    return jnp.where((groups < 2) | (spread == 0), 0.0, advantages)
+
+
+def outcome_entropy(rewards: Array, group_ids: Array) -> Array:
+    """Entropy of the outcome classes (distinct reward values) within each group. [B], [B] -> [B].
+
+        H_q = −Σ_k p_k log p_k,   p_k = share of q's rows whose reward is the k-th value
+
+    computed as H_q = mean_{i∈q} −log p(R_i) with a pairwise [B, B] comparison. 0 for a group
+    whose rewards are all equal; log 2 for a half-correct binary group. COPO's consistency
+    measure (arXiv 2508.04138) over answers; here over reward values (correctness classes for
+    a binary verifier).
+
+    Example:
+      >>> outcome_entropy(jnp.array([1.0, 0, 1, 1]), jnp.array([0, 0, 1, 1]))  # [0.6931, 0.6931, 0, 0]
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    group_ids = jnp.asarray(group_ids)
+    same_group = (group_ids[:, None] == group_ids[None, :]).astype(jnp.float32)
+    same_class = same_group * (rewards[:, None] == rewards[None, :])
+    size = jnp.sum(same_group, axis=1)
+    surprise = -jnp.log(jnp.sum(same_class, axis=1) / size)  # −log p(R_i), [B]
+    return same_group @ surprise / size
 
 
 def last_token_rewards(rewards: Array, mask: Array) -> Array:
@@ -368,3 +595,122 @@ def running_std(state: RunningMoments) -> Array:
     count = state.count
     corrected = state.var * count / jnp.maximum(count - 1.0, 1e-12)
     return jnp.where(count > 1, jnp.sqrt(corrected), 1.0)
+
+
+GROUP_BASELINES = ("mean", "logavgexp")
+PF_PPO_FILTERS = ("pow", "max_min", "max_random", "bon", "br", "bw")
+
+
+def adaptive_kl_coef(coef: Array, kl: Array, target: float, horizon: float, n_steps: float) -> Array:
+    """One step of the adaptive KL controller (Ziegler et al. 2019, arXiv 1909.08593,
+    openai/lm-human-preferences `AdaptiveKLController`). Scalars -> scalar.
+
+        e = clip(KL / KL_target − 1, −0.2, 0.2),   β ← β·(1 + e·n_steps / horizon)
+
+    ``kl`` is the measured KL of the batch (the controller's unit: the mean over rows of the
+    per-sequence summed KL), ``n_steps`` the number of samples it was measured on.
+
+    Example:
+      >>> adaptive_kl_coef(0.1, kl=9.0, target=6.0, horizon=10000, n_steps=256)  # 0.1 * 1.00512
+    """
+    error = jnp.clip(jnp.asarray(kl, jnp.float32) / target - 1.0, -0.2, 0.2)
+    return jnp.asarray(coef, jnp.float32) * (1.0 + error * n_steps / horizon)
+
+
+def group_baseline_advantages(
+    rewards: Array, group_ids: Array, baseline: str = "mean", tau: float = 1.0, shift: float = 0.0
+) -> Array:
+    """Critic-free advantages against a group baseline without std scaling. [B], [B] -> [B].
+
+        A_i = R_i − (b_g + shift),   b_g = mean_g R                         (baseline='mean')
+                                     b_g = τ·log( (1/G) Σ_{j∈g} exp(R_j/τ) )   (baseline='logavgexp')
+
+    As Trinity-RFT's OPMD advantage (``opmd_baseline``; arXiv 2509.24203) a single-sample group
+    has b = 0 (so A = R − shift); a constant group gets R − b = 0 exactly. ``shift`` < 0 lowers
+    the baseline: AsymRE's ``baseline_shift`` (−0.1), equivalent to a −τ·log π regulariser.
+
+    Example:
+      >>> group_baseline_advantages(jnp.array([1.0, 0, 0, 0]), jnp.zeros(4, jnp.int32), shift=-0.1)
+      >>> # [0.85, −0.15, −0.15, −0.15] (AsymRE);  baseline='logavgexp', τ=1: b = ln((e + 3)/4) = 0.357374
+    """
+    if baseline not in GROUP_BASELINES:
+        raise ValueError(f"Unknown group baseline={baseline!r}; expected one of {GROUP_BASELINES}.")
+    rewards = jnp.asarray(rewards, jnp.float32)
+    n = rewards.shape[0]
+    seg = _dense_segments(group_ids)
+    count = jax.ops.segment_sum(jnp.ones_like(rewards), seg, num_segments=n)[seg]
+    if baseline == "mean":
+        centred = group_advantages(rewards, group_ids, std="none")  # single groups: R
+    else:
+        z = rewards / tau
+        top = jax.ops.segment_max(z, seg, num_segments=n)[seg]
+        total = jax.ops.segment_sum(jnp.exp(z - top), seg, num_segments=n)[seg]
+        b = tau * (top + jnp.log(total) - jnp.log(count))
+        # Exactly 0 for constant groups (b equals R there up to round-off) and b = 0 for singletons.
+        constant = jax.ops.segment_min(z, seg, num_segments=n)[seg] == top
+        centred = jnp.where(constant, 0.0, rewards - b)
+        centred = jnp.where(count == 1, rewards, centred)
+    return centred - shift
+
+
+def pf_ppo_weights(rewards: Array, method: str = "pow", weight_pow: float = 2.0) -> Array:
+    """PF-PPO resampling weights over the whole batch (verl ``compute_pf_ppo_reweight_data``;
+    arXiv 2409.06957). [B] -> [B], unnormalised, each + 1e-8.
+
+        'pow':        |R|^k
+        'max_min':    1 where R is the batch max or min, else 0
+        'max_random': 0.4 where R is the batch max, else 0.1
+
+    Example:
+      >>> pf_ppo_weights(jnp.array([0.9, 0.2, 0.5, 0.1]))  # ∝ [0.81, 0.04, 0.25, 0.01]
+    """
+    r = jnp.asarray(rewards, jnp.float32)
+    if method == "pow":
+        w = jnp.power(jnp.abs(r), weight_pow)
+    elif method == "max_min":
+        w = jnp.where((r == jnp.max(r)) | (r == jnp.min(r)), 1.0, 0.0)
+    elif method == "max_random":
+        w = jnp.where(r == jnp.max(r), 0.4, 0.1)
+    else:
+        raise ValueError(
+            f"Unknown PF-PPO reweight method={method!r}; expected 'pow', 'max_min' or 'max_random'."
+        )
+    return jnp.maximum(w + 1e-8, 1e-8)
+
+
+def pf_ppo_subset(rewards: Array, group_ids: Array, rule: str, key: Array | None = None) -> Array:
+    """The PF-PPO paper's per-prompt subsets (arXiv 2409.06957). [B], [B] -> [B] float keep mask.
+
+        'bon': the best response of each group
+        'bw':  the best and the worst (of the others)
+        'br':  the best and one other chosen uniformly at random (needs ``key``)
+
+    Ties: the earlier row is the best, the later row the worst. A single-row group keeps its
+    row. Pairwise same-group comparisons ([B, B]).
+
+    Example:
+      >>> r, ids = jnp.array([0.9, 0.2, 0.5, 0.1]), jnp.zeros(4, jnp.int32)
+      >>> pf_ppo_subset(r, ids, "bon"), pf_ppo_subset(r, ids, "bw")  # [1, 0, 0, 0], [1, 0, 0, 1]
+    """
+    if rule not in ("bon", "br", "bw"):
+        raise ValueError(f"Unknown PF-PPO subset rule={rule!r}; expected 'bon', 'br' or 'bw'.")
+    r = jnp.asarray(rewards, jnp.float32)
+    idx = jnp.arange(r.shape[0])
+    same = group_ids[:, None] == group_ids[None, :]
+    earlier = idx[None, :] < idx[:, None]  # [i, j]: j before i
+    beats = (r[None, :] > r[:, None]) | ((r[None, :] == r[:, None]) & earlier)
+    best = ~jnp.any(same & beats, axis=1)
+    if rule == "bon":
+        return best.astype(jnp.float32)
+    if rule == "bw":
+        score = -r  # the lowest reward wins; ties: the later row
+        later_wins = ~earlier & (idx[None, :] != idx[:, None])
+    else:
+        if key is None:
+            raise ValueError("pf_ppo_subset(rule='br') needs a PRNG key")
+        score = jax.random.uniform(key, r.shape)
+        later_wins = earlier
+    others = same & ~best[None, :]
+    second_beats = (score[None, :] > score[:, None]) | ((score[None, :] == score[:, None]) & later_wins)
+    second = ~best & ~jnp.any(others & second_beats, axis=1)
+    return (best | second).astype(jnp.float32)

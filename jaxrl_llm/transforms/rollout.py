@@ -8,6 +8,9 @@ hint and filtered tokens get 0).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 
 from jaxrl_llm.losses.policy import kl_estimate
@@ -15,9 +18,13 @@ from jaxrl_llm.objectives import loss_mask
 from jaxrl_llm.transforms import estimators
 from jaxrl_llm.types import Rollout, RolloutTransform, add_metrics
 
+Array = jax.Array
+
 _WRITERS = {
     "logp_ref": "the reference_pass()",
     "logp_old": "the old_policy_pass()",
+    "entropy_old": "the old_policy_pass()",
+    "logp_behav": "the sampler",
     "values": "the critic_pass()",
     "rewards": "the strategy's scoring (config.rewards)",
     "token_rewards": "reward_to_tokens() earlier in the chain",
@@ -55,16 +62,123 @@ def _on_tokens(r: Rollout, advantages) -> Rollout:
     return r._replace(advantages=advantages[:, None] * loss_mask(r))
 
 
-def group_advantages(std: str = "unbiased", eps: float = 1e-6) -> RolloutTransform:
+def group_advantages(
+    std: str = "unbiased", eps: float = 1e-6, virtual_reward: float = 1.0, virtual_count: int = 0
+) -> RolloutTransform:
     """GRPO / Dr.GRPO advantages `estimators.group_advantages` on every loss token.
 
     std: 'unbiased' (verl/TRL, GRPO), 'population', or 'none' (Dr.GRPO: no division).
+    virtual_count: k virtual samples of reward `virtual_reward` in each group's statistics
+      (NGRPO); 0 = none (GRPO).
     """
 
     def fn(r: Rollout) -> Rollout:
-        return _on_tokens(r, estimators.group_advantages(r.rewards, r.group_ids, std=std, eps=eps))
+        adv = estimators.group_advantages(
+            r.rewards,
+            r.group_ids,
+            std=std,
+            eps=eps,
+            virtual_reward=virtual_reward,
+            virtual_count=virtual_count,
+        )
+        return _on_tokens(r, adv)
 
     return _stateless("group_advantages", fn, "rewards", "group_ids")
+
+
+def response_lengths(r: Rollout):
+    """|y| per row [B] float32: the response's existing positions (Σ response_mask; in a
+    multi-turn episode observation tokens count, as they fill the same buffer)."""
+    return jnp.sum(jnp.asarray(r.response_mask, jnp.float32), axis=1)
+
+
+def overlong_penalty(
+    max_len: int | None = None,
+    cache_len: int | None = None,
+    factor: float = 1.0,
+    hard_beyond_max: bool = False,
+) -> RolloutTransform:
+    """DAPO soft overlong punishment `estimators.overlong_penalty` added to `rewards`.
+
+    max_len: L_max (None = the response buffer length T, i.e. the sampler's max_new_tokens).
+    cache_len: L_cache (None = round(0.2 · L_max), at least 1: DAPO's 4096 of 20480).
+    hard_beyond_max: the paper's −factor beyond L_max (default: verl's line, see the estimator).
+    Metrics: overlong/penalty (row mean), overlong/fraction (rows penalised).
+    """
+
+    def fn(r: Rollout) -> Rollout:
+        limit = r.response_ids.shape[1] if max_len is None else max_len
+        cache = max(1, round(0.2 * limit)) if cache_len is None else cache_len
+        penalty = estimators.overlong_penalty(response_lengths(r), limit, cache, factor, hard_beyond_max)
+        r = r._replace(rewards=r.rewards + penalty)
+        return add_metrics(
+            r, **{"overlong/penalty": jnp.mean(penalty), "overlong/fraction": jnp.mean(penalty < 0)}
+        )
+
+    return _stateless("overlong_penalty", fn, "rewards")
+
+
+def filter_all_correct_groups(threshold: float = 0.5, inclusive: bool = False) -> RolloutTransform:
+    """Loss mask 0 on every row of a group whose rewards are all > threshold (≥ with inclusive)
+    (`estimators.all_correct_groups`, NGRPO's all-correct filter): those rows carry no loss and
+    leave the token count (the token-mean denominator). Metric: filtered_rows (fraction)."""
+
+    def fn(r: Rollout) -> Rollout:
+        drop = estimators.all_correct_groups(r.rewards, r.group_ids, threshold, inclusive)
+        mask = (loss_mask(r) * (~drop)[:, None]).astype(r.response_mask.dtype)
+        r = r._replace(loss_mask=mask, advantages=None if r.advantages is None else r.advantages * mask)
+        return add_metrics(r, filtered_rows=jnp.mean(drop))
+
+    return _stateless("filter_all_correct_groups", fn, "rewards", "group_ids")
+
+
+def valid_group_scale(mode: str = "valid_groups") -> RolloutTransform:
+    """Advantages × GPG's α = B / B_valid (`estimators.valid_group_scale`). Metric: gpg/alpha."""
+
+    def fn(r: Rollout) -> Rollout:
+        alpha = estimators.valid_group_scale(r.rewards, r.group_ids, mode)
+        return add_metrics(r._replace(advantages=alpha * r.advantages), **{"gpg/alpha": alpha})
+
+    return _stateless("valid_group_scale", fn, "rewards", "group_ids", "advantages")
+
+
+def grpo_lambda_rewards(fraction: float = 0.5, correct_threshold: float = 0.5) -> RolloutTransform:
+    """GRPO-λ rewards `estimators.grpo_lambda_rewards` from the response lengths (written to
+    `rewards`). Metrics: grpo_lambda/selected (fraction of rows length-penalised),
+    grpo_lambda/accuracy."""
+
+    def fn(r: Rollout) -> Rollout:
+        shaped, selected = estimators.grpo_lambda_rewards(
+            r.rewards, response_lengths(r), r.group_ids, fraction, correct_threshold
+        )
+        metrics = {
+            "grpo_lambda/selected": jnp.mean(selected),
+            "grpo_lambda/accuracy": jnp.mean(r.rewards > correct_threshold),
+        }
+        return add_metrics(r._replace(rewards=shaped), **metrics)
+
+    return _stateless("grpo_lambda_rewards", fn, "rewards", "group_ids")
+
+
+def copo_advantages(kappa: float, h0: float, std: str = "unbiased", eps: float = 1e-6) -> RolloutTransform:
+    """COPO (arXiv 2508.04138; form assumed): local GRPO advantages on the loss tokens,
+    extras['copo/global_advantages'] = `estimators.prompt_advantages` [B] and
+    extras['copo/local_weight'] = w_q = σ(κ (H_q − h0)) [B], H_q = `estimators.outcome_entropy`.
+    Metrics: copo/local_weight, copo/entropy (row means)."""
+
+    def fn(r: Rollout) -> Rollout:
+        entropy = estimators.outcome_entropy(r.rewards, r.group_ids)
+        weight = jax.nn.sigmoid(kappa * (entropy - h0))
+        extras = {
+            **r.extras,
+            "copo/global_advantages": estimators.prompt_advantages(r.rewards, r.group_ids, eps),
+            "copo/local_weight": weight,
+        }
+        local = estimators.group_advantages(r.rewards, r.group_ids, std=std, eps=eps)
+        r = _on_tokens(r._replace(extras=extras), local)
+        return add_metrics(r, **{"copo/local_weight": jnp.mean(weight), "copo/entropy": jnp.mean(entropy)})
+
+    return _stateless("copo_advantages", fn, "rewards", "group_ids")
 
 
 def rloo_advantages() -> RolloutTransform:
@@ -182,3 +296,121 @@ def normalize_rewards(shift_mean: bool = True, clip: float | None = None) -> Rol
         return r._replace(rewards=rewards), state
 
     return RolloutTransform(init=estimators.running_moments_init, update=update)
+
+
+def clip_rewards(clip: float) -> RolloutTransform:
+    """R <- clip(R, −c, c) (MOSS-RLHF `use_reward_clip`, applied with or without running
+    normalisation)."""
+
+    def fn(r: Rollout) -> Rollout:
+        return r._replace(rewards=jnp.clip(r.rewards, -clip, clip))
+
+    return _stateless("clip_rewards", fn, "rewards")
+
+
+def clip_advantages(clip: float) -> RolloutTransform:
+    """A <- clip(A, −a, a) on every loss token (MOSS-RLHF `use_advantage_clip`, after
+    whitening; "Secrets of RLHF Part I", arXiv 2307.04964). Metric: adv_clip_fraction."""
+
+    def fn(r: Rollout) -> Rollout:
+        mask = loss_mask(r)
+        clipped = (jnp.abs(r.advantages) > clip) & (mask > 0)
+        r = r._replace(advantages=jnp.clip(r.advantages, -clip, clip))
+        return add_metrics(r, adv_clip_fraction=jnp.sum(clipped) / jnp.maximum(jnp.sum(mask), 1.0))
+
+    return _stateless("clip_advantages", fn, "advantages")
+
+
+class AdaptiveKLState(NamedTuple):
+    """The adaptive KL controller's coefficient β (float32 scalar)."""
+
+    coef: Array
+
+
+def adaptive_kl_penalty_in_reward(
+    init_coef: float, target: float, horizon: float = 10000.0, estimator: str = "k1"
+) -> RolloutTransform:
+    """`kl_penalty_in_reward` with β from the state, then β updated by `adaptive_kl_coef` from
+    this batch's KL (Ziegler et al. 2019: the mean over rows of Σ_t KL_t(π_old‖π_ref), with
+    n_steps = the batch's rows). The penalty uses the β before the update, as in
+    lm-human-preferences / TRL / OpenRLHF. Metrics: kl_coef (the β used), kl_seq (measured)."""
+
+    def update(r: Rollout, state: AdaptiveKLState):
+        _require(r, "adaptive_kl_penalty_in_reward", "logp_old", "logp_ref")
+        mask = loss_mask(r)
+        kl = jnp.where(mask > 0, kl_estimate(r.logp_old, r.logp_ref, kind=estimator), 0.0)
+        kl_seq = jnp.mean(jnp.sum(kl, axis=-1))
+        r, _ = kl_penalty_in_reward(state.coef, estimator).update(r, ())
+        new = AdaptiveKLState(estimators.adaptive_kl_coef(state.coef, kl_seq, target, horizon, kl.shape[0]))
+        return add_metrics(r, kl_coef=state.coef, kl_seq=kl_seq), new
+
+    return RolloutTransform(init=lambda: AdaptiveKLState(jnp.asarray(init_coef, jnp.float32)), update=update)
+
+
+def kl_penalty_in_sequence_reward(coef: float, estimator: str = "k1") -> RolloutTransform:
+    """R_i <- R_i − coef·Σ_t KL_t(π_old‖π_ref) over the loss tokens: the sequence-level KL in
+    the reward of RLOO (arXiv 2402.14740, TRL `RLOOTrainer`) and P3O (arXiv 2310.00212).
+    Needs the old_logp and reference passes. Metric: kl_in_reward (token mean)."""
+
+    def fn(r: Rollout) -> Rollout:
+        mask = loss_mask(r)
+        kl = jnp.where(mask > 0, kl_estimate(r.logp_old, r.logp_ref, kind=estimator), 0.0)
+        r = r._replace(rewards=r.rewards - coef * jnp.sum(kl, axis=-1))
+        return add_metrics(r, kl_in_reward=jnp.sum(kl) / jnp.maximum(jnp.sum(mask), 1.0))
+
+    return _stateless("kl_penalty_in_sequence_reward", fn, "logp_old", "logp_ref")
+
+
+def baseline_advantages(baseline: str = "mean", tau: float = 1.0, shift: float = 0.0) -> RolloutTransform:
+    """`group_baseline_advantages` (OPMD / AsymRE) on every loss token."""
+    if baseline not in estimators.GROUP_BASELINES:
+        raise ValueError(
+            f"Unknown group baseline={baseline!r}; expected one of {estimators.GROUP_BASELINES}."
+        )
+
+    def fn(r: Rollout) -> Rollout:
+        return _on_tokens(
+            r, estimators.group_baseline_advantages(r.rewards, r.group_ids, baseline, tau, shift)
+        )
+
+    return _stateless("baseline_advantages", fn, "rewards", "group_ids")
+
+
+def _select_rows(batch, index):
+    return jax.tree.map(lambda x: x[index] if jnp.ndim(x) else x, batch)
+
+
+def pf_ppo_filter(method: str = "pow", weight_pow: float = 2.0, seed: int = 0) -> RolloutTransform:
+    """PF-PPO's policy filtration of the rollout batch (arXiv 2409.06957), by `batch.rewards`.
+
+    'pow' / 'max_min' / 'max_random': verl's whole-batch resampling, B rows drawn with
+    replacement with probabilities ∝ `pf_ppo_weights` (the batch size is kept; the max/min are
+    over the WHOLE batch, not per prompt, as verl). 'bon' / 'br' / 'bw': the paper's per-prompt
+    subsets (`pf_ppo_subset`), kept by zeroing the loss mask of the other rows (shapes fixed;
+    token-mean losses and the mini-batch token count then cover the kept rows only).
+
+    State: an int32 counter; the draw of batch n uses fold_in(PRNGKey(seed), n), so a resumed
+    run repeats it. Metrics: pf_ppo/kept_fraction (distinct or kept rows / B), pf_ppo/reward_mean.
+    """
+    if method not in estimators.PF_PPO_FILTERS:
+        raise ValueError(f"Unknown PF-PPO filter={method!r}; expected one of {estimators.PF_PPO_FILTERS}.")
+
+    def update(r: Rollout, count):
+        _require(r, "pf_ppo_filter", "rewards", *(("group_ids",) if method in ("bon", "br", "bw") else ()))
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), count)
+        b = r.rewards.shape[0]
+        if method in ("bon", "br", "bw"):
+            keep = estimators.pf_ppo_subset(r.rewards, r.group_ids, method, key)
+            mask = (loss_mask(r) * keep[:, None]).astype(r.response_mask.dtype)
+            r = r._replace(loss_mask=mask)
+            reward_mean = jnp.sum(keep * r.rewards) / jnp.maximum(jnp.sum(keep), 1.0)
+        else:
+            weights = estimators.pf_ppo_weights(r.rewards, method, weight_pow)
+            index = jax.random.choice(key, b, shape=(b,), replace=True, p=weights / jnp.sum(weights))
+            r = _select_rows(r, index)
+            keep = jnp.zeros(b).at[index].set(1.0)
+            reward_mean = jnp.mean(r.rewards)
+        r = add_metrics(r, **{"pf_ppo/kept_fraction": jnp.mean(keep), "pf_ppo/reward_mean": reward_mean})
+        return r, count + 1
+
+    return RolloutTransform(init=lambda: jnp.zeros((), jnp.int32), update=update)
