@@ -124,8 +124,10 @@ def test_ppo_rewarded_by_reward_model(rm_run):
     for record, rollout in zip(main, rollouts, strict=True):
         scores = independent_scores(rm_run["rm_dir"], rollout_rows(rollout))
         assert scores.std() > 0.1  # a random RM with init_std 0.5 tells rows apart
-        np.testing.assert_allclose(rollout.rewards, scores, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(record["reward_mean"], scores.mean(), rtol=1e-4, atol=1e-5)
+        # Two float32 computations of scores up to ~10 in size: rounding scales with the largest.
+        atol = 1e-5 * np.abs(scores).max()
+        np.testing.assert_allclose(rollout.rewards, scores, rtol=1e-4, atol=atol)
+        np.testing.assert_allclose(record["reward_mean"], scores.mean(), rtol=1e-4, atol=atol)
         assert record["reward/rm"] == pytest.approx(record["reward_mean"], rel=1e-6)
         assert {k for k in record if k.startswith("reward/")} == {"reward/rm"}
         assert np.isfinite(record["critic_loss"]) and record["grad_norm"] > 0

@@ -64,6 +64,13 @@ def _binary(config, tmp_path):
     return config
 
 
+def _binary_two_minibatches(config, tmp_path):
+    """Two updates per rollout on whole groups: the trainer permutes groups (whole_groups) and
+    adds the old-policy pass."""
+    config.train.minibatches = 2
+    return _binary(config, tmp_path)
+
+
 def _teacher(config, tmp_path):
     """A random teacher over the policy's tokenizer (an auxiliary model, as users give one)."""
     path = write_teacher(str(tmp_path / "teacher"), config.tokenizer.alphabet)
@@ -75,7 +82,8 @@ SETUPS = {  # name -> (config, tmp_path) -> config, applied after the default se
     "remax": _one_sample,
     "on_policy_distill": _teacher,
     "p3o": _pairs,
-    **dict.fromkeys(["disco", "disco[multiplier]", "drpo", "pacs", "trpa", "ngrpo", "grpo_lambda"], _binary),
+    **dict.fromkeys(["disco", "disco[multiplier]", "drpo", "trpa", "ngrpo", "grpo_lambda"], _binary),
+    "pacs": _binary_two_minibatches,
 }
 
 
