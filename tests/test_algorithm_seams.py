@@ -47,8 +47,14 @@ def micro_reinforce() -> jrl.Algorithm:
     return jrl.Algorithm("rollout", jrl.group_advantages(), objective)
 
 
-def test_statistics_are_mini_batch_totals_with_any_number_of_micro_batches(tfds_dir, tmp_path):
-    trainer, state, batch = prepared_batch("grpo", tfds_dir, tmp_path)
+@pytest.fixture(scope="module")
+def grpo_batch(tfds_dir, tmp_path_factory):
+    """(trainer, state, batch): a smoke GRPO trainer's first prepared batch, shared by the tests."""
+    return prepared_batch("grpo", tfds_dir, tmp_path_factory.mktemp("seams"))
+
+
+def test_statistics_are_mini_batch_totals_with_any_number_of_micro_batches(grpo_batch):
+    trainer, state, batch = grpo_batch
     params = moved(state.params)
     args = (trainer.model_config, params, batch)
     kwargs = dict(temperature=trainer.sampling.temperature, compiler_options=FAST_COMPILE)
@@ -120,13 +126,13 @@ def dual_ascent(eta: float = 2.0) -> jrl.Algorithm:
     )
 
 
-def test_post_update_sees_the_statistics_of_the_updated_policy(tfds_dir, tmp_path):
+def test_post_update_sees_the_statistics_of_the_updated_policy(grpo_batch):
     import optax
 
     from jaxrl_llm.train.forward import batch_policy_outputs
     from jaxrl_llm.train.steps import TrainState, make_step_fns
 
-    trainer, state, batch = prepared_batch("grpo", tfds_dir, tmp_path)
+    trainer, state, batch = grpo_batch
     algorithm = jrl.make_algorithm("seams_dual_ascent")
     cfg, temperature = trainer.model_config, trainer.sampling.temperature
     logp = lambda params: batch_policy_outputs(cfg, params, batch, temperature).logp  # noqa: E731
