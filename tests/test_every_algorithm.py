@@ -24,13 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_distill import write_teacher
-from test_microbatch_invariance import FAST_COMPILE, MICROBATCHES, ROOT, _config, moved, prepare_step
+from test_microbatch_invariance import ROOT, _config, check_prepared, prepare_step
 
 import jaxrl_llm as jrl
 from jaxrl_llm.algorithms import get_factory, registered_algorithms
 from jaxrl_llm.train.checkpoint import Checkpointer
 from jaxrl_llm.train.forward import batch_policy_outputs
-from jaxrl_llm.train.invariance import check_microbatch_invariance, gradient_recorder
+from jaxrl_llm.train.invariance import gradient_recorder
 from jaxrl_llm.train.steps import TrainState, make_step_fns
 
 # Options that change an algorithm's pieces (a carried multiplier instead of a penalty) run as
@@ -200,17 +200,7 @@ def test_algorithm(case, tfds_dir, tmp_path):
     # 4. 1 vs 4 micro-batches, on the next step's batch
     state, batch = prepare_step(name, trainer, jax.tree.map(jnp.copy, final), STEPS)
     batch = with_old_logp(trainer, state.params, batch._replace(metrics={}))
-    report = check_microbatch_invariance(
-        trainer.algorithm,
-        trainer.model_config,
-        moved(state.params),
-        batch,
-        critic_params=None if state.critic_params is None else moved(state.critic_params, seed=1),
-        algo_state=state.algo_state,
-        microbatches=MICROBATCHES,
-        temperature=trainer.sampling.temperature,
-        compiler_options=FAST_COMPILE,
-    )
+    report = check_prepared(trainer, state, batch)
     print(f"\n{name}: " + ", ".join(f"{k} {v:.2g}" for k, v in report.differences.items()))
     assert report.values["grad_norm"] > 0, f"{name}: zero policy gradient, the check is vacuous"
     # 5. extreme log-ratios

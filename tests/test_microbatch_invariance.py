@@ -170,7 +170,8 @@ def moved(params, seed: int = 0, scale: float = 0.1):
     )
 
 
-def _check(name, trainer, state, batch):
+def check_prepared(trainer, state, batch):
+    """`check_microbatch_invariance` of the trainer's algorithm on a prepared batch, params moved."""
     return check_microbatch_invariance(
         trainer.algorithm,
         trainer.model_config,
@@ -188,7 +189,7 @@ def _check(name, trainer, state, batch):
 def test_algorithm_is_microbatch_invariant(name, tfds_dir, tmp_path):
     """The ext algorithms (the library's: tests/test_every_algorithm.py, with more checks)."""
     trainer, state, batch = prepared_batch(name, tfds_dir, tmp_path)
-    report = _check(name, trainer, state, batch)
+    report = check_prepared(trainer, state, batch)
     print(f"\n{name}: " + ", ".join(f"{k} {v:.2g}" for k, v in report.differences.items()))
     print(f"{name} values: " + ", ".join(f"{k} {v:.3g}" for k, v in report.values.items()))
     assert {"loss", "grad_norm", "policy_grad"} <= set(report.differences)
