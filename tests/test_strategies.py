@@ -147,3 +147,13 @@ def test_batches_never_share_mutable_defaults():
     assert b.extras == {} and b.metrics == {}
     ones = np.ones((1, 1))
     assert jrl.PreferenceBatch(ones, ones, ones, ones, ones, ones).extras == {}
+
+
+def test_config_passes_sampling_overrides_to_group_sampling():
+    # config.rollout = {"name": "group_sampling", "temperature": 1.1}: a sampling override (a
+    # known mismatch between behaviour and trainer log-probs), not an unknown argument.
+    from jaxrl_llm.rollout.strategies import make_strategy
+
+    assert make_strategy("group_sampling", temperature=1.1).collect is not None
+    with pytest.raises(ValueError, match=r"rollout\.k"):
+        make_strategy("dynamic_sampling", k=2)

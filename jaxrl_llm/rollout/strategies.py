@@ -438,8 +438,9 @@ def make_strategy(name: str, **kwargs) -> RolloutStrategy:
     """Builds a registered strategy; unknown names and arguments name the config field."""
     factory = _STRATEGIES.get(name)
     params = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = sorted(set(kwargs) - set(params))
-    if unknown:
+    if unknown and not takes_any:  # e.g. group_sampling(**sampling_overrides) takes any field
         raise ValueError(
             f"rollout strategy {name!r} has no argument(s) {unknown} (config fields "
             f"{', '.join('rollout.' + k for k in unknown)}); it accepts: {', '.join(params) or 'none'}"
