@@ -293,9 +293,12 @@ def main():
         "--algorithms", default="", help="comma-separated (default: every registered RL algorithm)"
     )
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument(
+        "--shard", default="0/1", help="i/n: run every n-th run from the i-th (n processes side by side)"
+    )
     parser.add_argument("--report", action="store_true", help="only print the table and write the plots")
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
@@ -304,23 +307,34 @@ def main():
             subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()[:14],
             platform.python_version(),
         )
+        import jax
+
+        # Runs of one task share their sampler and evaluation programs (and seeds their update):
+        # compiled once, read back from disk by every later run.
+        jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         path = os.path.join(args.workdir, "results.jsonl")
         names = args.algorithms.split(",") if args.algorithms else rl_algorithms()
-        for task in args.tasks.split(","):
-            checkpoint, warm_steps = warm_start(task, args.workdir, args.data_dir)
-            runs = names + (["more_sft"] if task == "arithmetic" else [])
-            for name in runs:
+        shard, shards = map(int, args.shard.split("/"))
+        runs = []
+        # Seed-major, so that a sweep cut short has every algorithm at the same seeds.
+        for seed in map(int, args.seeds.split(",")):
+            for task in args.tasks.split(","):
                 # The control continues the seed-0 warm-start run, which is deterministic: one run.
-                seeds = [0] if name == "more_sft" else map(int, args.seeds.split(","))
-                for seed in seeds:
-                    if (task, name, seed) in done_runs(path):
-                        continue
-                    result = train_one(task, name, seed, checkpoint, warm_steps, args)
-                    print(
-                        f"{task} {name} seed {seed}: greedy {result['greedy_accuracy']:.3f} pass@8 {result['pass_at_8']} in {result['wall_s']:.0f} s"
-                    )
-                    with open(path, "a") as f:
-                        f.write(json.dumps(result) + "\n")
+                controls = ["more_sft"] if task == "arithmetic" and seed == 0 else []
+                runs += [(task, name, seed) for name in names + controls]
+        for task, name, seed in runs[shard::shards]:
+            if (task, name, seed) in done_runs(path):
+                continue
+            checkpoint, warm_steps = warm_start(task, args.workdir, args.data_dir)
+            result = train_one(task, name, seed, checkpoint, warm_steps, args)
+            print(
+                f"{task} {name} seed {seed}: greedy {result['greedy_accuracy']:.3f} "
+                f"pass@8 {result['pass_at_8']} in {result['wall_s']:.0f} s",
+                flush=True,
+            )
+            with open(path, "a") as f:
+                f.write(json.dumps(result) + "\n")
     report(args.workdir)
 
 

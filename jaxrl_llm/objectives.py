@@ -20,10 +20,13 @@ equals the aggregate of the summed per-token loss.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
-from jaxrl_llm.losses.aggregation import aggregate
+from jaxrl_llm.losses.aggregation import AGGREGATION_MODES, aggregate
+from jaxrl_llm.losses.clipping import only_token_mean
 from jaxrl_llm.losses.policy import kl_estimate, ppo_clip_loss
 from jaxrl_llm.losses.value import clipped_value_loss
 from jaxrl_llm.transforms.base import is_static_zero
@@ -60,6 +63,7 @@ def sequence_mean(x: jax.Array, batch) -> jax.Array:
     return jnp.sum(jnp.asarray(x, jnp.float32)) / jnp.maximum(num_seqs, 1.0)
 
 
+LOSS_AGG_MODES = (*AGGREGATION_MODES, "only_token_mean")  # of a token_loss_objective
 IS_WEIGHT = "is_weight"  # Rollout.extras key of the rollout-correction importance weights [B, T]
 
 
@@ -93,6 +97,37 @@ def sum_objectives(*terms: Objective) -> Objective:
     return objective
 
 
+def token_loss_objective(
+    per_token: Callable, loss_agg: str = "seq_mean_token_mean", max_len: int | None = None
+) -> Objective:
+    """The objective of a per-token policy loss `per_token(outputs, batch, state, mask) ->
+    (loss [B, T], metrics)` (mask = `loss_mask(batch)`; its metrics already normalised the
+    contract's way): the way every per-token policy loss becomes an objective.
+
+    The loss is multiplied by the rollout-correction weights when the batch has them
+    (`importance_weight`, stop-gradient: truncated IS between the trainer's and the sampler's
+    log-probs, verl's `pg_losses * rollout_is_weights`), then aggregated with `loss_agg` (an
+    `aggregate` mode, with the whole mini-batch's denominators, or DCPO's 'only_token_mean',
+    `losses.clipping.only_token_mean`). Metrics: pg_loss (token mean of the weighted loss),
+    then the per_token's."""
+    if loss_agg not in LOSS_AGG_MODES:
+        raise ValueError(f"Unknown loss_agg={loss_agg!r}; expected one of {LOSS_AGG_MODES}.")
+
+    def objective(outputs, batch, state):
+        mask = loss_mask(batch)
+        loss, metrics = per_token(outputs, batch, state, mask)
+        weight = importance_weight(batch)
+        if weight is not None:
+            loss = loss * jax.lax.stop_gradient(weight)
+        if loss_agg == "only_token_mean":
+            total = only_token_mean(loss, mask)
+        else:
+            total = aggregate(loss, mask, loss_agg, **normalisers(batch), max_len=max_len)
+        return total, {"pg_loss": token_mean(loss, mask, batch), **metrics}
+
+    return objective
+
+
 def policy_surrogate(
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
@@ -101,26 +136,16 @@ def policy_surrogate(
     max_len: int | None = None,
 ) -> Objective:
     """PPO clipped surrogate on `batch.advantages` (`ppo_clip_loss`: asymmetric and dual clip,
-    ratio against `old_logp`), aggregated with `loss_agg` over the loss mask. When the batch
-    carries rollout-correction weights (`importance_weight`), the per-token loss is multiplied
-    by them (truncated IS between the trainer's and the sampler's log-probs, verl's
-    `pg_losses * rollout_is_weights`). Metrics: pg_loss (token mean, weighted), clip_fraction."""
+    ratio against `old_logp`), a `token_loss_objective` (rollout-correction weights, `loss_agg`
+    over the loss mask). Metrics: pg_loss (token mean, weighted), clip_fraction."""
 
-    def objective(outputs, batch, state):
-        mask = loss_mask(batch)
+    def per_token(outputs, batch, state, mask):
         pg, clipped = ppo_clip_loss(
             outputs.logp, old_logp(outputs, batch), batch.advantages, clip_eps, clip_eps_high, dual_clip
         )
-        weight = importance_weight(batch)
-        if weight is not None:
-            pg = pg * jax.lax.stop_gradient(weight)
-        loss = aggregate(pg, mask, loss_agg, **normalisers(batch), max_len=max_len)
-        return loss, {
-            "pg_loss": token_mean(pg, mask, batch),
-            "clip_fraction": token_mean(clipped, mask, batch),
-        }
+        return pg, {"clip_fraction": token_mean(clipped, mask, batch)}
 
-    return objective
+    return token_loss_objective(per_token, loss_agg, max_len)
 
 
 def kl_to_reference(
@@ -181,14 +206,27 @@ def value_loss(clip_eps: float | None = 0.2) -> Objective:
     return objective
 
 
-def pg_terms(
-    clip_eps, clip_eps_high, dual_clip, beta, kl_estimator, loss_agg, max_len, entropy_coef
+def regularised(
+    surrogate: Objective,
+    beta: float = 0.0,
+    kl_estimator: str = "k3",
+    entropy_coef: float = 0.0,
+    loss_agg: str = "seq_mean_token_mean",
+    max_len: int | None = None,
 ) -> Objective:
-    """The GRPO-family objective: `policy_surrogate` + `kl_to_reference` (unless beta is a
-    static 0) + `entropy_bonus` (unless entropy_coef is a static 0)."""
-    terms = [policy_surrogate(clip_eps, clip_eps_high, dual_clip, loss_agg, max_len)]
+    """`surrogate` + `kl_to_reference` (unless beta is a static 0) + `entropy_bonus` (unless
+    entropy_coef is a static 0): a policy loss with its usual regularisers."""
+    terms = [surrogate]
     if not is_static_zero(beta):
         terms.append(kl_to_reference(beta, kl_estimator, loss_agg, max_len))
     if not is_static_zero(entropy_coef):
         terms.append(entropy_bonus(entropy_coef, loss_agg, max_len))
     return sum_objectives(*terms)
+
+
+def pg_terms(
+    clip_eps, clip_eps_high, dual_clip, beta, kl_estimator, loss_agg, max_len, entropy_coef
+) -> Objective:
+    """The GRPO-family objective: `regularised(policy_surrogate(...))`."""
+    surrogate = policy_surrogate(clip_eps, clip_eps_high, dual_clip, loss_agg, max_len)
+    return regularised(surrogate, beta, kl_estimator, entropy_coef, loss_agg, max_len)

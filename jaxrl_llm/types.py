@@ -176,12 +176,17 @@ class Pass(NamedTuple):
     run: `(ctx: PassContext, batch) -> batch`, traced inside the trainer's `prepare`.
     needs: what the trainer must provide: 'reference' (frozen reference params), 'critic', or
       'aux:<name>' (an auxiliary model of `config.aux_models`).
+    check: optional `(model_config, aux: dict name -> AuxModel) -> None`, called when the
+      trainer is built (the auxiliary models loaded, no file written yet); raises a ValueError
+      naming the config field when the models cannot work together (e.g. a teacher over another
+      vocabulary than the policy's).
     """
 
     name: str
     writes: tuple[str, ...]
     run: Callable[[Any, Any], Any]
     needs: frozenset = frozenset()
+    check: Callable[[Any, dict], None] | None = None
 
 
 class PassContext(NamedTuple):

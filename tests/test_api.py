@@ -37,7 +37,7 @@ EXPECTED_API = {
     "policy_outputs", "policy_surrogate", "positions_from_mask", "ppo", "ppo_clip_loss", "ppo_max",
     "preference_dataset", "preference_link", "PreferenceBatch", "process_logits", "prompt_dataset",
     "PromptBatch", "PromptTooLongError", "read_metrics", "reference_pass", "reg_grpo",
-    "register_algorithm", "register_environment", "register_reward", "register_strategy",
+    "regularised", "register_algorithm", "register_environment", "register_reward", "register_strategy",
     "registered_algorithms", "registered_environments", "registered_strategies", "reinforce_pp",
     "reinforce_pp_advantages", "reinforce_pp_baseline", "rejection_mask", "remax",
     "remax_advantages", "replay", "reward_model_pass", "reward_to_tokens", "RewardFunctionError",
@@ -46,7 +46,7 @@ EXPECTED_API = {
     "sapo", "save_checkpoint", "Schedule", "schedule", "score_completions", "Scores", "select_rows",
     "sequence_logps", "sequence_mean", "sft", "sft_dataset", "state_shardings", "StrategyContext",
     "sum_objectives", "TargetTooLongError", "teacher_pass", "to_hf_config", "token_logprobs",
-    "token_mean", "Tokenizer", "top_entropy_tokens", "train", "Trainer", "TrainState",
+    "token_loss_objective", "token_mean", "Tokenizer", "top_entropy_tokens", "train", "Trainer", "TrainState",
     "Transformer", "TransformerConfig", "trpa", "truncated_is", "UnencodableTextError",
     "UnsupportedModelError", "valid_group_scale", "value_loss", "ValueModel", "whiten_advantages",
     "with_correction", "WorkdirFileError", "WorkdirLockedError"

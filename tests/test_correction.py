@@ -193,3 +193,20 @@ def test_correction_from_config_composes_by_name_with_clear_errors():
         ValueError, match=r"config field correction\.truncated_is: .*unexpected keyword argument 'clip'"
     ):
         correction_from_config(grpo, {"truncated_is": {"clip": 2.0}})
+
+
+def test_reinforce_loss_multiplies_the_is_weight():
+    # GPG / RLOO-reinforce / OPMD / AsymRE's loss l_t = −A_t · logp_t · w_t. logp = log 0.5,
+    # A = [1, −1], w = [2, 0.5] -> l = [2 ln 2, −0.5 ln 2], token mean 0.75 ln 2 = 0.519860;
+    # d loss / d logp_t = −A_t · w_t / 2 = [−1, 0.25].
+    from jaxrl_llm.algorithms.reinforce import reinforce_objective
+
+    batch = rollout([[0.0, 0.0]], [[1, 1]], advantages=[[1.0, -1.0]])
+    batch = batch._replace(extras={"is_weight": jnp.asarray([[2.0, 0.5]])})
+    objective = reinforce_objective("token_mean")
+    logp = jnp.full((1, 2), -L2)
+    loss, metrics = objective(ModelOutputs(logp=logp), batch, ())
+    np.testing.assert_allclose(loss, 0.75 * L2, atol=1e-6)
+    np.testing.assert_allclose(metrics["pg_loss"], 0.75 * L2, atol=1e-6)
+    grad = jax.grad(lambda lp: objective(ModelOutputs(logp=lp), batch, ())[0])(logp)
+    np.testing.assert_allclose(grad, [[-1.0, 0.25]], atol=1e-6)

@@ -16,6 +16,7 @@ from jaxrl_llm.algorithms import make_algorithm
 from jaxrl_llm.algorithms.distill import reverse_kl_advantages
 from jaxrl_llm.models.auxiliary import load_aux_model
 from jaxrl_llm.train.forward import batch_policy_outputs
+from jaxrl_llm.train.trainer import Trainer
 from jaxrl_llm.types import ModelOutputs, PassContext, Rollout
 
 L2 = math.log(2.0)
@@ -158,12 +159,21 @@ def test_teacher_equal_to_the_student_gives_zero_loss_and_gradient(tmp_path):
     assert float(batch.metrics["distill/reverse_kl"]) != 0.0 and grad_norm > 1e-3
 
 
-def test_teacher_with_another_vocabulary_is_refused(tmp_path):
-    cfg, params = jrl.load_checkpoint(write_teacher(str(tmp_path / "student"), ALPHABET, seed=0))
+def test_teacher_with_another_vocabulary_is_refused(tmp_path, tfds_dir):
+    # By the pass's check when the trainer is built: before any file is written.
+    from test_microbatch_invariance import _config
+
+    from jaxrl_llm.train.validation import validate_passes
+
+    cfg, _ = jrl.load_checkpoint(write_teacher(str(tmp_path / "student"), ALPHABET, seed=0))
     path = write_teacher(str(tmp_path / "teacher"), ALPHABET + "abc")
     teacher = load_aux_model("teacher", {"checkpoint": path, "head": "causal_lm"})
     algo = make_algorithm("on_policy_distill")
-    with pytest.raises(
-        ValueError, match=r"config field aux_models\.teacher\.checkpoint=.*vocabulary of 18 tokens.*has 15"
-    ):
-        _prepared(algo, params, teacher, _student_batch(cfg, params))
+    message = r"config field aux_models\.teacher\.checkpoint=.*vocabulary of 18 tokens.*has 15"
+    with pytest.raises(ValueError, match=message):
+        validate_passes(algo, cfg, {"teacher": teacher})
+    config = _config("on_policy_distill", tfds_dir, tmp_path)
+    config.aux_models = {"teacher": {"checkpoint": path, "head": "causal_lm"}}
+    with pytest.raises(ValueError, match=r"config field aux_models\.teacher\.checkpoint=.*vocabulary of 18"):
+        Trainer(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl_llm.algorithms.registry import register
-from jaxrl_llm.algorithms.terms import token_loss_objective
 from jaxrl_llm.losses.clipping import (
     BAPO_RULES,
     bapo_contributions,
@@ -32,7 +31,14 @@ from jaxrl_llm.losses.clipping import (
     top_entropy_mask,
 )
 from jaxrl_llm.losses.policy import kl_estimate, ppo_clip_loss
-from jaxrl_llm.objectives import loss_mask, old_logp, pg_terms, sequence_mean, token_mean
+from jaxrl_llm.objectives import (
+    loss_mask,
+    old_logp,
+    pg_terms,
+    sequence_mean,
+    token_loss_objective,
+    token_mean,
+)
 from jaxrl_llm.train.passes import old_policy_pass
 from jaxrl_llm.transforms.base import chain
 from jaxrl_llm.transforms.estimators import masked_mean

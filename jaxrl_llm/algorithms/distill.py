@@ -28,7 +28,7 @@ Choices where sources differ: the student log-probs in d are the sampler's (tink
 against the sampler's log-probs (tinker's importance-sampling loss; `ratio='old'`: against
 logp_old, PPO-style epochs); tinker sums the per-token losses (scale in its learning rate),
 here `token_mean`. The teacher must share the policy's tokenizer (same token ids): its
-vocabulary size is checked when the teacher pass is first traced. Sample at
+vocabulary size is checked when the trainer is built (`Pass.check`). Sample at
 `sampling.temperature = 1` (the student's own distribution; the teacher is scored at
 `teacher_temperature`).
 """
@@ -95,27 +95,24 @@ def distill_advantages(
 
 
 def checked_teacher_pass(name: str, temperature: float = 1.0) -> Pass:
-    """`teacher_pass(name)` that first checks the teacher is a causal LM over the policy's
-    vocabulary (at trace time, before any update); errors name config.aux_models.<name>."""
-    base = teacher_pass(name, temperature)
+    """`teacher_pass(name)` with a `Pass.check`: the teacher must be a causal LM over the
+    policy's vocabulary, checked when the trainer is built; errors name config.aux_models.<name>."""
 
-    def run(ctx, batch):
-        model = ctx.aux[name]
-        field = f"aux_models.{name}"
+    def check(model_config, aux):
+        model, field = aux[name], f"aux_models.{name}"
         if model.head != "causal_lm":
             raise ValueError(
                 f"config field {field}.head={model.head!r}: a distillation teacher needs 'causal_lm'"
             )
-        vocab = ctx.params["trunk"]["embed"].shape[0]
-        if model.config.vocab_size != vocab:
+        if model.config.vocab_size != model_config.vocab_size:
             raise ValueError(
                 f"config field {field}.checkpoint={model.source!r} is a teacher with a vocabulary of "
-                f"{model.config.vocab_size} tokens, the policy's (config field model) has {vocab}: on-policy "
-                "distillation scores the student's token ids with the teacher, so both need the same tokenizer"
+                f"{model.config.vocab_size} tokens, the policy's (config field model) has "
+                f"{model_config.vocab_size}: on-policy distillation scores the student's token ids "
+                "with the teacher, so both need the same tokenizer"
             )
-        return base.run(ctx, batch)
 
-    return base._replace(run=run)
+    return teacher_pass(name, temperature)._replace(check=check)
 
 
 @register("on_policy_distill")

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 
 from jaxrl_llm.algorithms.registry import register
 from jaxrl_llm.algorithms.terms import reference_passes
-from jaxrl_llm.losses.aggregation import aggregate
-from jaxrl_llm.objectives import loss_mask, normalisers, old_logp, pg_terms, policy_surrogate, token_mean
+from jaxrl_llm.objectives import old_logp, pg_terms, policy_surrogate, token_loss_objective, token_mean
 from jaxrl_llm.rollout.strategies import greedy_baseline
 from jaxrl_llm.train.passes import old_policy_pass, reference_pass
 from jaxrl_llm.transforms import rollout as rt
@@ -45,19 +44,19 @@ def opmd_regulariser(logp, logp_old, tau: float = 0.1):
 def reinforce_objective(
     loss_agg: str = "token_mean", scale: float = 1.0, reg_tau: float | None = None
 ) -> Objective:
-    """scale * aggregate(-A_t logp_t [+ reg_tau * (logp - logp_old)^2]) over the loss mask.
-    Metrics: pg_loss (token mean of -A logp), and opmd/reg (token mean) with a regulariser."""
+    """scale * aggregate(-A_t logp_t [+ reg_tau * (logp - logp_old)^2]) over the loss mask, a
+    `token_loss_objective` (rollout-correction weights multiply the per-token loss). Metrics:
+    pg_loss (token mean of the weighted per-token loss), and opmd/reg (token mean) with a
+    regulariser."""
 
-    def objective(outputs, batch, state):
-        mask = loss_mask(batch)
-        pg = reinforce_token_loss(outputs.logp, batch.advantages)
-        metrics = {"pg_loss": token_mean(pg, mask, batch)}
+    def per_token(outputs, batch, state, mask):
+        loss, metrics = reinforce_token_loss(outputs.logp, batch.advantages), {}
         if reg_tau is not None:
             reg = opmd_regulariser(outputs.logp, old_logp(outputs, batch), reg_tau)
-            pg, metrics = pg + reg, {**metrics, "opmd/reg": token_mean(reg, mask, batch)}
-        return scale * aggregate(pg, mask, loss_agg, **normalisers(batch)), metrics
+            loss, metrics = loss + reg, {"opmd/reg": token_mean(reg, mask, batch)}
+        return scale * loss, metrics
 
-    return objective
+    return token_loss_objective(per_token, loss_agg)
 
 
 def _kl_passes(kl_coef) -> tuple:

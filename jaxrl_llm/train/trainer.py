@@ -44,7 +44,7 @@ from jaxrl_llm.train.evaluation import EvaluationInterrupted, Evaluator
 from jaxrl_llm.train.metrics import MetricsWriter, read_metrics, summary_from_metrics
 from jaxrl_llm.train.plots import plot_curves
 from jaxrl_llm.train.steps import TrainState, make_step_fns, reference_params, state_shardings
-from jaxrl_llm.train.validation import check_workdir, validate_config, validate_model
+from jaxrl_llm.train.validation import check_workdir, validate_config, validate_model, validate_passes
 from jaxrl_llm.train.workdir import (
     atomic_write_json,
     committed_checkpoints,
@@ -272,6 +272,7 @@ class Trainer:
                 )
                 for n, m in self.aux_models.items()
             }
+        validate_passes(self.algorithm, self.model_config, self.aux_models)
         self.reward_sources = None
         if self.algorithm.data == "rollout":
             self.reward_sources = RewardSources(

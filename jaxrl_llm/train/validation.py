@@ -131,6 +131,14 @@ def validate_config(config, algorithm: Algorithm) -> None:
             )
 
 
+def validate_passes(algorithm: Algorithm, model_config, aux_models: dict) -> None:
+    """Each pass's `check(model_config, aux_models)` (e.g. a teacher's vocabulary against the
+    policy's), once the auxiliary models are loaded and before any file is written."""
+    for p in algorithm.passes:
+        if p.check is not None:
+            p.check(model_config, aux_models)
+
+
 def validate_model(config, model_config) -> None:
     """Checks that need the model: prompt + response positions within the model's context."""
     total = config.data.max_prompt_len + config.sampling.max_new_tokens
