@@ -21,7 +21,7 @@ from jaxrl_llm.algorithms.clipping import (
 from jaxrl_llm.algorithms.dapo import dapo
 from jaxrl_llm.algorithms.discriminative import disco, drpo, pacs, reg_grpo, trpa
 from jaxrl_llm.algorithms.distill import on_policy_distill
-from jaxrl_llm.algorithms.dpo import dpo
+from jaxrl_llm.algorithms.dpo import chosen_nll, cpo, dpo, ipo, orpo, preference_objective, rpo, simpo
 from jaxrl_llm.algorithms.grpo import copo, dr_grpo, gpg, grpo, grpo_lambda, ngrpo
 from jaxrl_llm.algorithms.gspo import gmpo, gspo, gspo_token
 from jaxrl_llm.algorithms.ppo import p3o, pf_ppo, ppo, ppo_max
@@ -46,6 +46,7 @@ from jaxrl_llm.losses import (
     dpo_loss,
     entropy_from_logits,
     kl_estimate,
+    log_odds,
     logprobs_and_entropy,
     ppo_clip_loss,
     preference_link,
@@ -423,4 +424,12 @@ __all__ = [
     "with_correction",
     "WorkdirFileError",
     "WorkdirLockedError",
+    "chosen_nll",
+    "cpo",
+    "ipo",
+    "orpo",
+    "preference_objective",
+    "rpo",
+    "simpo",
+    "log_odds",
 ]

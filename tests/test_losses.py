@@ -267,7 +267,7 @@ def test_sequence_logps_sum_and_average():
     logp = jnp.array([[-1.0, -2.0, -5.0], [-1.0, -1.0, -1.0], [-3.0, -3.0, -3.0]])
     mask = jnp.array([[1, 1, 0], [1, 1, 1], [0, 0, 0]])
     _close(sequence_logps(logp, mask), [-3.0, -3.0, 0.0])
-    _close(sequence_logps(logp, mask, average=True), [-1.5, -1.0, 0.0])
+    _close(sequence_logps(logp, mask, "mean"), [-1.5, -1.0, 0.0])
 
 
 @pytest.mark.parametrize(
@@ -320,8 +320,8 @@ def test_every_loss_jits():
     for mode in AGGREGATION_MODES:
         _close(agg(x, mask, mode=mode, num_tokens=jnp.float32(6)), aggregate(x, mask, mode))
     _close(
-        jax.jit(sequence_logps, static_argnames="average")(x, mask, average=True),
-        sequence_logps(x, mask, True),
+        jax.jit(sequence_logps, static_argnames="reduction")(x, mask, reduction="mean"),
+        sequence_logps(x, mask, "mean"),
     )
     _close(jax.jit(dpo_loss)(*TOY_PAIR)[0], [0.620957])
 

@@ -9,18 +9,27 @@ from jaxrl_llm.losses.policy import (
     ppo_clip_loss,
     token_logprobs_from_logits,
 )
-from jaxrl_llm.losses.preference import PREFERENCE_LINKS, dpo_loss, preference_link, sequence_logps
+from jaxrl_llm.losses.preference import (
+    PREFERENCE_LINKS,
+    SEQUENCE_REDUCTIONS,
+    dpo_loss,
+    log_odds,
+    preference_link,
+    sequence_logps,
+)
 from jaxrl_llm.losses.value import clipped_value_loss
 
 __all__ = [
     "AGGREGATION_MODES",
     "KL_ESTIMATORS",
     "PREFERENCE_LINKS",
+    "SEQUENCE_REDUCTIONS",
     "aggregate",
     "clipped_value_loss",
     "dpo_loss",
     "entropy_from_logits",
     "kl_estimate",
+    "log_odds",
     "logprobs_and_entropy",
     "ppo_clip_loss",
     "preference_link",

@@ -8,19 +8,40 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def sequence_logps(logp: Array, mask: Array, average: bool = False) -> Array:
-    """Masked sum of per-token log-probs: S(y) = Σ_t m_t·logp_t. [B, T], [B, T] -> [B].
+SEQUENCE_REDUCTIONS = ("sum", "mean", "log_odds")
 
-    ``average=True`` gives the length-averaged S(y) / max(L(y), 1) (SimPO, IPO as in TRL).
+
+def sequence_logps(logp: Array, mask: Array, reduction: str = "sum") -> Array:
+    """A completion's score from its per-token log-probs. [B, T], [B, T] -> [B].
+
+    With S(y) = Σ_t m_t·logp_t and L(y) = Σ_t m_t:
+
+    * ``sum`` (DPO, CPO, RPO):  S(y)
+    * ``mean`` (SimPO, IPO as in TRL):  A(y) = S(y) / max(L(y), 1)
+    * ``log_odds`` (ORPO, arXiv 2403.07691):  A(y) − log(1 − e^{A(y)}), the log-odds of the
+      length-averaged likelihood (`log_odds`)
 
     Example:
       >>> sequence_logps(jnp.array([[-1.0, -2.0, -5.0]]), jnp.array([[1, 1, 0]]))  # [-3.]
+      >>> sequence_logps(jnp.array([[-1.0, -2.0, -5.0]]), jnp.array([[1, 1, 0]]), "mean")  # [-1.5]
     """
+    if reduction not in SEQUENCE_REDUCTIONS:
+        raise ValueError(f"Unknown sequence reduction={reduction!r}; expected one of {SEQUENCE_REDUCTIONS}.")
     mask = jnp.asarray(mask, jnp.float32)
     total = jnp.sum(jnp.where(mask > 0, jnp.asarray(logp, jnp.float32), 0.0), axis=-1)
-    if average:
-        return total / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
-    return total
+    if reduction == "sum":
+        return total
+    average = total / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+    return average if reduction == "mean" else log_odds(average)
+
+
+def log_odds(a: Array, max_logp: float = -1e-8) -> Array:
+    """log(p / (1 − p)) of p = e^a from a log-probability a ≤ 0: a − log(−expm1(a)). a is
+    clamped to ≤ max_logp (the spec's −1e-8), so p = 1 (a = 0) gives a finite value (18.4)
+    instead of inf and a zero gradient instead of NaN. [B] -> [B].
+    Example: a = log 0.5 -> 0; a = −0.5 -> 0.432752; a = −1 -> −0.541325."""
+    a = jnp.minimum(jnp.asarray(a, jnp.float32), max_logp)
+    return a - jnp.log(-jnp.expm1(a))
 
 
 PREFERENCE_LINKS = ("sigmoid", "robust", "hinge", "ipo")

@@ -73,14 +73,18 @@ def state_shardings(state: TrainState, model_config: TransformerConfig, partitio
 
 
 def with_normalisers(batch):
-    """Adds the whole mini-batch's loss-mask token count and row count to `batch.extras`."""
+    """Adds the whole mini-batch's loss-mask token count and row count to `batch.extras` (and,
+    for a `PreferenceBatch`, its chosen-token count `num_chosen_tokens`, of NLL terms)."""
     tokens = jnp.sum(loss_mask(batch))
-    seqs = batch.chosen_ids.shape[0] if isinstance(batch, PreferenceBatch) else batch.response_ids.shape[0]
+    preference = isinstance(batch, PreferenceBatch)
+    seqs = batch.chosen_ids.shape[0] if preference else batch.response_ids.shape[0]
     extras = {
         **batch.extras,
         "num_tokens": jnp.maximum(tokens, 1).astype(jnp.float32),
         "num_seqs": jnp.asarray(seqs, jnp.float32),
     }
+    if preference:
+        extras["num_chosen_tokens"] = jnp.maximum(jnp.sum(batch.chosen_mask), 1).astype(jnp.float32)
     return batch._replace(extras=extras)
 
 
