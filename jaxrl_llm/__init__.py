@@ -21,7 +21,17 @@ from jaxrl_llm.algorithms.clipping import (
 from jaxrl_llm.algorithms.dapo import dapo
 from jaxrl_llm.algorithms.discriminative import disco, drpo, pacs, reg_grpo, trpa
 from jaxrl_llm.algorithms.distill import on_policy_distill
-from jaxrl_llm.algorithms.dpo import chosen_nll, cpo, dpo, ipo, orpo, preference_objective, rpo, simpo
+from jaxrl_llm.algorithms.dpo import (
+    chosen_nll,
+    cpo,
+    dpo,
+    flex_dpo,
+    ipo,
+    orpo,
+    preference_objective,
+    rpo,
+    simpo,
+)
 from jaxrl_llm.algorithms.grpo import copo, dr_grpo, gpg, grpo, grpo_lambda, ngrpo
 from jaxrl_llm.algorithms.gspo import gmpo, gspo, gspo_token
 from jaxrl_llm.algorithms.ppo import p3o, pf_ppo, ppo, ppo_max
@@ -252,6 +262,7 @@ __all__ = [
     "disco",
     "distributed_config",
     "dpo",
+    "flex_dpo",
     "dpo_loss",
     "dr_grpo",
     "drpo",

@@ -20,7 +20,7 @@ EXPECTED_API = {
     "dcpo_advantages", "disco", "distributed_config", "dpo", "dpo_loss", "dr_grpo", "drpo",
     "dynamic_sampling", "entropy_bonus", "entropy_from_logits", "Environment", "estimators",
     "exact_match", "extend_prompts", "extract_final_answer", "filter_all_correct_groups",
-    "final_answer", "from_hf_config", "gae", "get_environment", "get_factory", "get_reward", "gmpo",
+    "final_answer", "flex_dpo", "from_hf_config", "gae", "get_environment", "get_factory", "get_reward", "gmpo",
     "gpg", "greedy_baseline", "group_advantages", "group_sampling", "grpo", "grpo_lambda",
     "grpo_lambda_rewards", "gspo", "gspo_token", "high_entropy", "hinted_prefix", "identity",
     "importance_weight", "ipo", "init_cache", "init_params", "initialize_distributed",

@@ -129,6 +129,7 @@ MEMBERS = [
     ("orpo", {}),
     ("rpo", {}),
     ("rpo", {"form": "cumulative"}),
+    ("flex_dpo", {"beta_rejected": 0.05, "nll_coef": 1.0}),
 ]
 
 
@@ -147,3 +148,22 @@ def test_finite_loss_and_gradients_at_preference_logits_of_1e3(name, kwargs, sig
 
     value, grad = jax.value_and_grad(loss)(logp)
     assert np.isfinite(value) and np.isfinite(grad).all(), (name, kwargs, value, grad)
+
+
+def test_flex_dpo_and_sft_dpo_goldens():
+    # Spec §14: ρ(y_w) = 1, ρ(y_l) = −0.5: β_w 0.1, β_l 0.05 -> softplus(−0.125) = 0.632599;
+    # β_l = β_w -> DPO's 0.620957; SFT-DPO with λ 1 and NLL 2 -> 2.620957.
+    batch, logp = pairs([[-2.0, -2.0]], [[-2.5, -2.0]], [[-2.5, -2.5]], [[-2.0, -2.0]])  # NLL 2
+    np.testing.assert_allclose(loss_of("flex_dpo", batch, logp, beta_rejected=0.05)[0], 0.632599, atol=1e-6)
+    np.testing.assert_allclose(loss_of("flex_dpo", batch, logp)[0], 0.620957, atol=1e-6)
+    np.testing.assert_allclose(loss_of("flex_dpo", batch, logp, nll_coef=1.0)[0], 2.620957, atol=1e-6)
+    # By hand: ρ(y_w) = 0, ρ(y_l) = −10, β_l = 0.05 -> softplus(−0.5) = 0.474077; the rejected
+    # side's gradient scales with β_l: d/dS_θ(y_l) = β_l σ(−0.5) = 0.05 * 0.377541.
+    batch, logp = pairs([[-1.0]], [[-11.0]], [[-1.0]], [[-1.0]])
+    value, grad = jax.value_and_grad(lambda lp: loss_of("flex_dpo", batch, lp, beta_rejected=0.05)[0])(logp)
+    np.testing.assert_allclose(value, 0.474077, atol=1e-6)
+    np.testing.assert_allclose(grad[1, 0], 0.05 * 0.377541, atol=1e-6)
+    with pytest.raises(ValueError, match="beta_rejected"):
+        from jaxrl_llm.losses.preference import dpo_loss
+
+        dpo_loss(*(jnp.zeros(1),) * 4, link="ipo", beta_rejected=0.05)

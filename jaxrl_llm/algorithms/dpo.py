@@ -51,9 +51,11 @@ def preference_objective(
     pair_coef: float = 1.0,
     nll_coef: float = 0.0,
     nll_agg: str = "token_mean",
+    beta_rejected: float | None = None,
 ) -> Objective:
     """pair_coef · mean over pairs of `dpo_loss` (h from `sequence_logps(·, reduction)`, the
-    link, smoothing and margin of `preference_link`) + nll_coef · `chosen_nll(nll_agg)`.
+    link, smoothing and margin of `preference_link`, Flex-DPO's beta_rejected) + nll_coef ·
+    `chosen_nll(nll_agg)`.
     Metrics (means over pairs): reward_chosen / reward_rejected (β·(s − s_ref)), reward_margin,
     reward_accuracy; nll when nll_coef is not a static 0."""
 
@@ -67,7 +69,7 @@ def preference_objective(
             ref_c = sequence_logps(batch.ref_chosen_logps, batch.chosen_mask, reduction)
             ref_r = sequence_logps(batch.ref_rejected_logps, batch.rejected_mask, reduction)
         losses, pair_metrics = dpo_loss(
-            chosen, rejected, ref_c, ref_r, beta, label_smoothing, reference_free, link, margin
+            chosen, rejected, ref_c, ref_r, beta, label_smoothing, reference_free, link, margin, beta_rejected
         )
         metrics = {k: sequence_mean(v, batch) for k, v in pair_metrics.items()}
         loss = pair_coef * sequence_mean(losses, batch)
@@ -195,3 +197,18 @@ def rpo(beta: float | None = None, eta: float | None = None, form: str = "averag
     if cumulative:
         return dpo(beta=beta, nll_coef=eta * beta, nll_agg="seq_mean_token_sum")
     return dpo(beta=beta, nll_coef=eta)
+
+
+@register("flex_dpo")
+def flex_dpo(beta: float = 0.1, beta_rejected: float = 0.1, nll_coef: float = 0.0) -> Algorithm:
+    """The two regularisers Yan et al. propose against DPO's "3D properties" (arXiv 2406.07327:
+    drastic drop of the rejected likelihood, degradation into suppression, dispersion):
+
+        Flex-DPO:  L = −log σ(β_w ρ(y_w) − β_l ρ(y_l))     (a separate temperature per side)
+        SFT-DPO:   L = L_DPO + λ · NLL(y_w)                 (nll_coef = λ, token mean)
+
+    No code was released and the paper's β_w / β_l values are not confirmed; the defaults
+    (β_w = β_l = 0.1, λ = 0) are DPO, so each regulariser is a deliberate choice. The paper's
+    reading: β_l < β_w slows the collapse of the rejected likelihood."""
+    objective = preference_objective(beta, nll_coef=nll_coef, beta_rejected=beta_rejected)
+    return _preference_algorithm(objective, reference_free=False)

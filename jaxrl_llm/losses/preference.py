@@ -96,6 +96,7 @@ def dpo_loss(
     reference_free: bool = False,
     link: str = "sigmoid",
     margin: float = 0.0,
+    beta_rejected: float | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """DPO-family loss per pair. [B] x4 -> ([B], metrics of [B]).
 
@@ -106,7 +107,9 @@ def dpo_loss(
         ℓ = preference_link(h, beta, link, label_smoothing, margin)
 
     (link 'sigmoid', ε = 0: ℓ = −log σ(β h), DPO; see `preference_link` for cDPO, rDPO, hinge,
-    IPO and SimPO's margin.) Reference log-probs are treated as constants (stop_gradient). Metrics
+    IPO and SimPO's margin.) beta_rejected β_l (Flex-DPO, Yan et al. arXiv 2406.07327, "3D
+    properties"): the logit becomes β·ρ(y_w) − β_l·ρ(y_l), a separate temperature on the
+    rejected side (None: β_l = β, DPO; not with the 'ipo' link). Reference log-probs are treated as constants (stop_gradient). Metrics
     (all stop_gradient): implicit rewards ``reward_chosen`` = β·(S_θ(y_w) − S_ref(y_w)),
     ``reward_rejected`` likewise, ``reward_margin`` = their difference and ``reward_accuracy`` =
     1.0 where chosen > rejected. With reference_free the implicit rewards are β·S_θ.
@@ -128,9 +131,14 @@ def dpo_loss(
         ref_rejected = jax.lax.stop_gradient(jnp.asarray(ref_rejected, jnp.float32))
     chosen_ratio = policy_chosen - ref_chosen
     rejected_ratio = policy_rejected - ref_rejected
-    loss = preference_link(chosen_ratio - rejected_ratio, beta, link, label_smoothing, margin)
+    beta_l = beta if beta_rejected is None else beta_rejected
+    if beta_rejected is not None and link == "ipo":
+        raise ValueError("beta_rejected (Flex-DPO) needs a link of a logit beta * h, not 'ipo'")
+    # β h_eff = β ρ_w − β_l ρ_l
+    h = chosen_ratio - (beta_l / beta) * rejected_ratio
+    loss = preference_link(h, beta, link, label_smoothing, margin)
     reward_chosen = jax.lax.stop_gradient(beta * chosen_ratio)
-    reward_rejected = jax.lax.stop_gradient(beta * rejected_ratio)
+    reward_rejected = jax.lax.stop_gradient(beta_l * rejected_ratio)
     metrics = {
         "reward_chosen": reward_chosen,
         "reward_rejected": reward_rejected,
