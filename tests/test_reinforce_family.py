@@ -181,7 +181,7 @@ def test_pf_ppo_resampling_deterministic_and_carries_rows():
     _close(out.values[:, 0], [3.0] * 4)
     _close(out.advantages[:, 0], [-1.0] * 4)
     _close(out.metrics["pf_ppo/kept_fraction"], 0.25)
-    assert int(state[0]) == 1
+    assert int(state[-1]) == 1  # the filter's counter (it runs after the advantages, as verl)
     batch = rollout([0.9, 0.2, 0.5, 0.1], np.ones((4, 1)), values=10 * PF_R[:, None])
     a, s1 = prepare(algo, batch)
     b, _ = prepare(algo, batch)
@@ -191,6 +191,19 @@ def test_pf_ppo_resampling_deterministic_and_carries_rows():
     _close(a.values[:, 0], 10 * a.rewards)  # each drawn row keeps its own value
     jitted, _ = jax.jit(algo.transform.update)(batch, algo.transform.init())
     np.testing.assert_array_equal(jitted.rewards, a.rewards)
+
+
+def test_pf_ppo_filters_after_the_whitening_as_verl_by_default():
+    # 0/1 rewards, values 0, one token: GAE A = R; whitened over the whole batch [1, 1, 0, 0]
+    # -> [1, 1, -1, -1]; 'pow' keeps only the reward-1 rows: every kept advantage is +1. Filtered
+    # first (the paper's order) the kept rows are all reward 1, whitened among themselves -> 0.
+    batch = rollout([1.0, 1.0, 0.0, 0.0], np.ones((4, 1)), values=jnp.zeros((4, 1)))
+    verl, _ = prepare(make_algorithm("pf_ppo", kl_coef=0.0), batch)
+    _close(verl.rewards, [1.0] * 4)
+    _close(verl.advantages[:, 0], [1.0] * 4, tol=1e-4)
+    first, _ = prepare(make_algorithm("pf_ppo", kl_coef=0.0, filter_after_advantages=False), batch)
+    _close(first.rewards, [1.0] * 4)
+    _close(first.advantages[:, 0], [0.0] * 4, tol=1e-4)
 
 
 def test_pf_ppo_per_prompt_subset_masks_loss():
