@@ -228,8 +228,8 @@ def _fmt(values, pct=True):
 
 def report(workdir: str) -> None:
     path = os.path.join(workdir, "results.jsonl")
-    with open(path) as f:
-        results = [json.loads(line) for line in f if line.strip()]
+    with open(path) as f:  # rows without results (e.g. {"placeholder": true}) mark runs to skip
+        results = [r for r in map(json.loads, filter(str.strip, f)) if "greedy_accuracy" in r]
     for task in sorted({r["task"] for r in results}):
         rows = [r for r in results if r["task"] == task]
         print(f"\n### {task}\n")

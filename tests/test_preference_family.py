@@ -167,3 +167,30 @@ def test_flex_dpo_and_sft_dpo_goldens():
         from jaxrl_llm.losses.preference import dpo_loss
 
         dpo_loss(*(jnp.zeros(1),) * 4, link="ipo", beta_rejected=0.05)
+
+
+def test_kto_loss_goldens():
+    from jaxrl_llm.losses.preference import kto_kl_anchor, kto_loss
+
+    # Spec §4: β 0.1, z0 0.2: desirable r = 1 -> 1 − σ(0.08) = 0.480011; undesirable r = −0.5
+    # -> 1 − σ(0.07) = 0.482507; their mean 0.481259.
+    loss, metrics = kto_loss(jnp.array([-9.0, -10.5]), jnp.array([-10.0, -10.0]), jnp.array([1, 0]), 0.2)
+    np.testing.assert_allclose(loss, [0.480011, 0.482507], atol=1e-6)
+    np.testing.assert_allclose(jnp.mean(loss), 0.481259, atol=1e-6)
+    np.testing.assert_allclose(metrics["reward"], [0.1, -0.05], atol=1e-6)
+    # By hand: the anchor is clamped at 0 and carries no gradient: pairs with ρ' = [−1, 0.4]
+    # -> max(0, −0.3) = 0; [1, 0.4] -> 0.7. With z0 = 0, r = 0 and λ_U = 2: 2 · (1 − σ(0)) = 1.
+    np.testing.assert_allclose(kto_kl_anchor(jnp.array([-1.0, 0.4]), jnp.zeros(2)), 0.0)
+    np.testing.assert_allclose(kto_kl_anchor(jnp.array([1.0, 0.4]), jnp.zeros(2)), 0.7, atol=1e-6)
+    assert float(jax.grad(lambda x: kto_kl_anchor(x, jnp.zeros(2)))(jnp.array([1.0, 0.4])).sum()) == 0.0
+    loss, _ = kto_loss(jnp.array([-3.0]), jnp.array([-3.0]), jnp.array([0]), 0.0, undesirable_weight=2.0)
+    np.testing.assert_allclose(loss, [1.0], atol=1e-6)
+    # d/dS_θ for a desirable example: −λ_D β σ'(β(r − z0)) = −0.1 · 0.25 at r = z0
+    grad = jax.grad(lambda s: kto_loss(s, jnp.array([0.0]), jnp.array([1]), 0.0)[0].sum())(jnp.array([0.0]))
+    np.testing.assert_allclose(grad, [-0.025], atol=1e-7)
+    # finite at |r| = 1e3
+    for s in (1e3, -1e3):
+        value, g = jax.value_and_grad(lambda x: kto_loss(x, jnp.zeros(2), jnp.array([1, 0]), 0.5)[0].sum())(
+            jnp.full(2, s)
+        )
+        assert np.isfinite(value) and np.isfinite(g).all()

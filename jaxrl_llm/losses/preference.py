@@ -146,3 +146,43 @@ def dpo_loss(
         "reward_accuracy": (reward_chosen > reward_rejected).astype(jnp.float32),
     }
     return loss, metrics
+
+
+def kto_loss(
+    policy_logps: Array,
+    ref_logps: Array,
+    desirable: Array,
+    kl_anchor: Array,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[Array, dict[str, Array]]:
+    """KTO's per-example loss (Ethayarajh et al., arXiv 2402.01306; TRL `kto_trainer.py::
+    _compute_loss`) on unpaired completions. [B] x3, scalar -> ([B], metrics of [B]).
+
+        r = S_θ(y) − S_ref(y)                                    (summed log-probs)
+        desirable:    λ_D · (1 − σ(β (r − z0)))
+        undesirable:  λ_U · (1 − σ(β (z0 − r)))
+
+    z0 = `kl_anchor`, the reference point: max(0, mean_j [S_θ(y'_j) − S_ref(y'_j)]) over
+    mismatched (prompt, completion) pairs of the whole mini-batch, computed by the caller and
+    held constant here (stop_gradient). Keep λ_D n_D / (λ_U n_U) in [1, 4/3] (the paper).
+    Metrics: reward (β r), desirable (1.0 where desirable).
+
+    Example (β 0.1, z0 0.2): desirable r = 1 -> 0.480011; undesirable r = −0.5 -> 0.482507.
+    """
+    r = jnp.asarray(policy_logps, jnp.float32) - jax.lax.stop_gradient(jnp.asarray(ref_logps, jnp.float32))
+    z0 = jax.lax.stop_gradient(jnp.asarray(kl_anchor, jnp.float32))
+    good = jnp.asarray(desirable, jnp.float32)
+    loss = good * desirable_weight * (1.0 - jax.nn.sigmoid(beta * (r - z0)))
+    loss += (1.0 - good) * undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (z0 - r)))
+    return loss, {"reward": jax.lax.stop_gradient(beta * r), "desirable": good}
+
+
+def kto_kl_anchor(kl_policy_logps: Array, kl_ref_logps: Array, num_pairs=None) -> Array:
+    """KTO's reference point z0 = max(0, Σ_j [S_θ(y'_j) − S_ref(y'_j)] / num_pairs) over the
+    mismatched pairs (prompt i with completion i − 1), stop-gradient; num_pairs defaults to
+    this batch's (pass the whole mini-batch's, or use totals, under micro-batching). [B] x2 -> scalar."""
+    diff = jnp.asarray(kl_policy_logps, jnp.float32) - jnp.asarray(kl_ref_logps, jnp.float32)
+    n = diff.shape[0] if num_pairs is None else num_pairs
+    return jax.lax.stop_gradient(jnp.maximum(jnp.sum(diff) / jnp.maximum(n, 1.0), 0.0))
