@@ -111,7 +111,11 @@ def run_config(task, algorithm, seed, checkpoint, args):
         _set(config, field, value)
     # The same number of sampled responses per step for every algorithm.
     config.train.batch_size = args.prompts * args.samples // config.sampling.num_samples
-    config.eval.update(every=max(args.steps // 4, 1), num_prompts=512, pass_k=8)
+    # Every run starts from the same warm-start: its accuracy is the curves' step 0 (no
+    # 'before' evaluation); the periodic evaluations are greedy, pass@8 only at the end.
+    config.eval.update(
+        every=max(args.steps // 4, 1), num_prompts=512, pass_k=8, before=False, periodic_pass_k=False
+    )
     return config
 
 
@@ -185,8 +189,11 @@ def train_one(task, name, seed, checkpoint, warm_steps, args) -> dict:
     curve = [
         {"step": r["step"], "greedy_accuracy": r[f"{config.eval.split}/greedy_accuracy"]}
         for r in read_metrics(run_dir, phase="eval")
-        if f"{config.eval.split}/greedy_accuracy" in r
+        if f"{config.eval.split}/greedy_accuracy" in r and (control or r["step"] > 0)
     ]
+    if not control:  # step 0: the warm-start's test greedy accuracy (the same for every run)
+        with open(os.path.join(checkpoint, "warm_start.json")) as f:
+            curve = [{"step": 0, "greedy_accuracy": json.load(f)["sft_after"]["greedy_accuracy"]}] + curve
     return {
         "task": task,
         "algorithm": name,

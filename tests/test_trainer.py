@@ -71,6 +71,18 @@ def test_update_and_sampler_compile_once(grpo_run):
     assert trainer.sampler().jitted._cache_size() == 1
 
 
+def test_eval_before_and_periodic_pass_k_can_be_switched_off(data_dir, tmp_path):
+    # A sweep of runs from one checkpoint: no 'before' evaluation, greedy-only periodic ones.
+    overrides = dict(
+        sft__steps=0, train__steps=3, eval__every=2, eval__before=False, eval__periodic_pass_k=False
+    )
+    summary = Trainer(smoke("grpo_arithmetic", data_dir, **overrides), str(tmp_path)).fit()
+    assert "main_before" not in summary and {"greedy_accuracy", "pass_at_4"} <= set(summary["main_after"])
+    evals = [r for r in read_metrics(str(tmp_path), phase="eval")]
+    assert [r["step"] for r in evals] == [2, 3]  # periodic at step 2, then the 'after' one
+    assert "test/greedy_accuracy" in evals[0] and "test/pass_at_4" not in evals[0]
+
+
 def test_ignore_eos_makes_every_rollout_full_length(grpo_run, data_dir, tmp_path):
     trainer, _, _ = grpo_run
     assert trainer.sampling.stop_ids == trainer.tokenizer.eos_ids  # the default stops at EOS

@@ -156,6 +156,8 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             split="test",
             every=50,  # steps between evaluations (0: only before/after)
+            periodic_pass_k=True,  # the periodic evaluations of RL phases sample pass@k too (False: greedy only)
+            before=True,  # evaluate before each phase (False: skip it, e.g. a sweep of runs from one checkpoint)
             num_prompts=512,
             batch_size=256,
             pass_k=8,

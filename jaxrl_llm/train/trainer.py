@@ -561,7 +561,7 @@ class Trainer:
             self.workdir, resume_step=global_step, keep_rows=keep_rows, active=self.is_primary
         )
         signals.clean = True  # the last checkpoint (or the phase's start) holds everything so far
-        if latest is None:
+        if latest is None and self.config.eval.before:
             try:
                 self._evaluate(phase, state, global_step, tag="before")
             except EvaluationInterrupted:  # nothing to save: a rerun starts the phase again
@@ -789,7 +789,7 @@ class Trainer:
         if tag == "before" and self._last_tagged == step and phase.algorithm.data != "preference":
             return {}
         split = phase.eval_split if tag is None else self.config.eval.split
-        sampled = tag is not None or phase.name != "sft"
+        sampled = tag is not None or (phase.name != "sft" and self.config.eval.periodic_pass_k)
         ref_params = reference_params(state, self.model_config)
         results = self.evaluator(state.params, split, ref_params, phase.algorithm, sampled=sampled)
         summary_key = f"{phase.name}_{tag}" if tag is not None else None
