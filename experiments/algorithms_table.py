@@ -259,33 +259,48 @@ def report(workdir: str) -> None:
 
 
 def plot_curves(rows, path, task) -> None:
+    """Mean over seeds of test greedy accuracy (at the periodic evaluations) and of the training
+    entropy (every step), one line per algorithm; the more-SFT control, whose steps are SFT
+    steps, as a dashed line at its final accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (acc, ent) = plt.subplots(1, 2, figsize=(13, 5))
-    for name in sorted({r["algorithm"] for r in rows}):
+    fig, (acc, ent) = plt.subplots(1, 2, figsize=(15, 6))
+    colours, styles = plt.get_cmap("tab10").colors, ("-", "--", ":", "-.")
+    names = sorted({r["algorithm"] for r in rows} - {"more_sft"})
+    for i, name in enumerate(names):
         rs = [r for r in rows if r["algorithm"] == name]
+        style = dict(color=colours[i % 10], linestyle=styles[i // 10 % 4], linewidth=1.2)
         steps = [p["step"] for p in rs[0]["accuracy_curve"]]
         accs = [
-            statistics.mean(r["accuracy_curve"][i]["greedy_accuracy"] for r in rs) for i in range(len(steps))
+            statistics.mean(r["accuracy_curve"][j]["greedy_accuracy"] for r in rs) for j in range(len(steps))
         ]
-        line = acc.plot(steps, accs, label=name)[0]
+        acc.plot(steps, accs, label=name, **style)
         if rs[0]["entropy_curve"]:
             es = [p["step"] for p in rs[0]["entropy_curve"]]
             ent.plot(
                 es,
-                [statistics.mean(r["entropy_curve"][i]["entropy"] for r in rs) for i in range(len(es))],
-                color=line.get_color(),
+                [statistics.mean(r["entropy_curve"][j]["entropy"] for r in rs) for j in range(len(es))],
+                **style,
             )
+    control = [r["greedy_accuracy"] for r in rows if r["algorithm"] == "more_sft"]
+    if control:
+        acc.axhline(
+            statistics.mean(control), color="black", linestyle="--", linewidth=2, label="more SFT (end)"
+        )
     acc.set(
         xlabel="step", ylabel="test greedy accuracy", title=f"{task}: held-out accuracy (mean over seeds)"
     )
-    ent.set(xlabel="step", ylabel="policy entropy (nats/token)", title=f"{task}: training entropy")
-    acc.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ent.set(
+        xlabel="step",
+        ylabel="policy entropy (nats/token)",
+        title=f"{task}: training entropy (mean over seeds)",
+    )
+    acc.legend(fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(2.25, 0.5))
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.savefig(path, dpi=100)
     print(f"wrote {path}")
 
 

@@ -263,6 +263,21 @@ def test_grpo_lambda_switches_only_the_top_groups():
     assert algo.passes == ()
 
 
+def test_grpo_lambda_never_length_penalises_unsolved_groups_by_default():
+    # Three groups, two unsolved (acc 1, 0, 0), top_fraction 2/3 -> groups 0 and (by the tie)
+    # 1. Group 1 is unsolved: by default it keeps 0/1 rewards; with penalise_unsolved its wrong
+    # answers of lengths 1 and 3 get min(0, len) = [0, −0.5].
+    lengths = jnp.array([2, 4, 1, 3, 2, 2])
+    ids = jnp.array([0, 0, 1, 1, 2, 2])
+    rewards = jnp.array([1.0, 1, 0, 0, 0, 0])
+    r, sel = est.grpo_lambda_rewards(rewards, lengths, ids, 2 / 3)
+    np.testing.assert_allclose(r, [1.5, 0.5, 0, 0, 0, 0], atol=1e-6)
+    np.testing.assert_array_equal(sel, [1, 1, 0, 0, 0, 0])
+    r, sel = est.grpo_lambda_rewards(rewards, lengths, ids, 2 / 3, penalise_unsolved=True)
+    np.testing.assert_allclose(r, [1.5, 0.5, 0, -0.5, 0, 0], atol=1e-6)
+    np.testing.assert_array_equal(sel, [1, 1, 1, 1, 0, 0])
+
+
 def test_top_fraction_groups_rounding_and_ties():
     ids = jnp.array([5, 5, 2, 2, 9, 9])
     scores = jnp.array([1.0, 0, 1, 0, 1, 0])  # three tied groups: the smallest id (2) first

@@ -151,6 +151,7 @@ def grpo_lambda(
     adv_eps: float = 1e-6,
     loss_agg: str = "seq_mean_token_mean",
     entropy_coef: float = 0.0,
+    penalise_unsolved: bool = False,
 ) -> Algorithm:
     """GRPO-λ ("Stable Reinforcement Learning for Efficient Reasoning", arXiv 2505.18086; no code
     found, reward form assumed as in the spec): the top_fraction (λ) of the batch's groups by
@@ -160,11 +161,14 @@ def grpo_lambda(
     (`estimators.grpo_lambda_rewards`); then GRPO on those rewards.
 
     top_fraction=0.5 is assumed (the paper's value was not available): length penalties for
-    the better half of the groups. beta=0 (the reference is optional for this method).
+    the better half of the groups. penalise_unsolved=False (assumed): a group with no correct
+    answer never gets the length penalty, even when ties put it in the top half (True
+    collapsed Countdown to empty responses). beta=0 (the reference is optional here).
     """
     base = grpo(clip_eps, clip_eps_high, beta=beta, kl_estimator=kl_estimator, loss_agg=loss_agg,
                 entropy_coef=entropy_coef)  # fmt: skip
-    transform = chain(rt.grpo_lambda_rewards(top_fraction, correct_threshold), group_advantages(std, adv_eps))
+    lengths = rt.grpo_lambda_rewards(top_fraction, correct_threshold, penalise_unsolved)
+    transform = chain(lengths, group_advantages(std, adv_eps))
     return base._replace(transform=transform)
 
 

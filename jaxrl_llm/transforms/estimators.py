@@ -300,7 +300,12 @@ def top_fraction_groups(scores: Array, group_ids: Array, fraction: float) -> Arr
 
 
 def grpo_lambda_rewards(
-    rewards: Array, lengths: Array, group_ids: Array, fraction: float, correct_threshold: float = 0.5
+    rewards: Array,
+    lengths: Array,
+    group_ids: Array,
+    fraction: float,
+    correct_threshold: float = 0.5,
+    penalise_unsolved: bool = False,
 ) -> tuple[Array, Array]:
     """GRPO-λ reward switch (arXiv 2505.18086; reward form assumed). [B] x3 -> (rewards, selected) [B].
 
@@ -310,7 +315,11 @@ def grpo_lambda_rewards(
 
         correct: 1 + len_i      incorrect: min(0, len_i)
 
-    every other group the plain 0/1 reward c_i.
+    every other group the plain 0/1 reward c_i. penalise_unsolved=False (default, [assumed]):
+    a group with no correct answer is never selected, even when it ranks in the top fraction
+    by ties (more than half the groups unsolved): the length penalty is for questions the
+    policy already solves, and on all-wrong groups it only rewards shorter wrong answers (on
+    Countdown at 29% accuracy, True drove the policy to empty responses within 50 steps).
 
     Example:
       >>> r, sel = grpo_lambda_rewards(jnp.ones(3), jnp.array([100, 200, 300]), jnp.zeros(3, jnp.int32), 1.0)
@@ -318,6 +327,8 @@ def grpo_lambda_rewards(
     """
     correct = (jnp.asarray(rewards, jnp.float32) > correct_threshold).astype(jnp.float32)
     selected = top_fraction_groups(correct, group_ids, fraction)
+    if not penalise_unsolved:
+        selected = selected & (group_stats(correct, group_ids).mean > 0)
     length = length_rewards(lengths, group_ids)
     shaped = jnp.where(correct > 0, 1.0 + length, jnp.minimum(0.0, length))
     return jnp.where(selected, shaped, correct), selected

@@ -142,14 +142,16 @@ def valid_group_scale(mode: str = "valid_groups") -> RolloutTransform:
     return _stateless("valid_group_scale", fn, "rewards", "group_ids", "advantages")
 
 
-def grpo_lambda_rewards(fraction: float = 0.5, correct_threshold: float = 0.5) -> RolloutTransform:
+def grpo_lambda_rewards(
+    fraction: float = 0.5, correct_threshold: float = 0.5, penalise_unsolved: bool = False
+) -> RolloutTransform:
     """GRPO-λ rewards `estimators.grpo_lambda_rewards` from the response lengths (written to
     `rewards`). Metrics: grpo_lambda/selected (fraction of rows length-penalised),
     grpo_lambda/accuracy."""
 
     def fn(r: Rollout) -> Rollout:
         shaped, selected = estimators.grpo_lambda_rewards(
-            r.rewards, response_lengths(r), r.group_ids, fraction, correct_threshold
+            r.rewards, response_lengths(r), r.group_ids, fraction, correct_threshold, penalise_unsolved
         )
         metrics = {
             "grpo_lambda/selected": jnp.mean(selected),
