@@ -298,8 +298,8 @@ def plot_curves(rows, path, task) -> None:
         ylabel="policy entropy (nats/token)",
         title=f"{task}: training entropy (mean over seeds)",
     )
-    acc.legend(fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(2.25, 0.5))
-    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.legend(*acc.get_legend_handles_labels(), loc="center right", fontsize=7)
     fig.savefig(path, dpi=100)
     print(f"wrote {path}")
 
