@@ -46,23 +46,3 @@ def tiny_params(tiny_config):
 def tfds_dir(tmp_path_factory):
     """One TFDS data dir per session: the arithmetic dataset is prepared once (~10 s)."""
     return str(tmp_path_factory.mktemp("tfds"))
-
-
-# The longest files first: under `pytest -n auto --dist loadfile` each file runs whole on one
-# worker, and a long file scheduled last runs alone at the end (2 minutes of the suite's 15
-# when test_every_algorithm.py came last). Longest processing time first keeps both workers busy.
-LONGEST_FIRST = (
-    "test_every_algorithm.py",
-    "test_sharding.py",
-    "test_notebooks.py",
-    "test_multiprocess.py",
-    "test_microbatch_invariance.py",
-    "test_faults.py",
-    "test_trainer.py",
-    "test_extension_api.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
