@@ -17,12 +17,10 @@ import jax.numpy as jnp
 from jaxrl_llm.algorithms.registry import register
 from jaxrl_llm.losses.aggregation import aggregate
 from jaxrl_llm.losses.preference import dpo_loss, sequence_logps
-from jaxrl_llm.objectives import sequence_mean
+from jaxrl_llm.objectives import NUM_CHOSEN_TOKENS, sequence_mean
 from jaxrl_llm.train.passes import reference_pass
 from jaxrl_llm.transforms.base import identity, is_static_zero
 from jaxrl_llm.types import Algorithm, Objective
-
-NUM_CHOSEN_TOKENS = "num_chosen_tokens"  # PreferenceBatch.extras: the mini-batch's chosen tokens
 
 
 def chosen_nll(outputs, batch, agg: str = "token_mean"):

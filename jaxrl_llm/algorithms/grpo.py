@@ -14,10 +14,10 @@ import numpy as np
 
 from jaxrl_llm.algorithms.registry import register
 from jaxrl_llm.algorithms.reinforce import reinforce_objective
-from jaxrl_llm.algorithms.terms import reference_passes
 from jaxrl_llm.losses.policy import ppo_clip_loss
 from jaxrl_llm.objectives import old_logp, pg_terms, regularised, token_loss_objective, token_mean
 from jaxrl_llm.rollout.strategies import dynamic_sampling
+from jaxrl_llm.train.passes import reference_passes
 from jaxrl_llm.transforms import rollout as rt
 from jaxrl_llm.transforms.base import chain
 from jaxrl_llm.transforms.rollout import group_advantages

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl_llm.algorithms.registry import register
-from jaxrl_llm.algorithms.terms import reference_passes
 from jaxrl_llm.losses.policy import ppo_clip_loss
 from jaxrl_llm.objectives import (
     loss_mask,
@@ -21,6 +20,7 @@ from jaxrl_llm.objectives import (
     token_loss_objective,
     token_mean,
 )
+from jaxrl_llm.train.passes import reference_passes
 from jaxrl_llm.transforms.estimators import masked_mean
 from jaxrl_llm.transforms.rollout import group_advantages
 from jaxrl_llm.types import Algorithm, Objective

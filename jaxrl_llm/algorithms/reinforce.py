@@ -15,10 +15,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxrl_llm.algorithms.registry import register
-from jaxrl_llm.algorithms.terms import reference_passes
 from jaxrl_llm.objectives import old_logp, pg_terms, policy_surrogate, token_loss_objective, token_mean
 from jaxrl_llm.rollout.strategies import greedy_baseline
-from jaxrl_llm.train.passes import old_policy_pass, reference_pass
+from jaxrl_llm.train.passes import old_policy_pass, reference_pass, reference_passes
 from jaxrl_llm.transforms import rollout as rt
 from jaxrl_llm.transforms.base import chain, is_static_zero
 from jaxrl_llm.transforms.rollout import baseline_advantages, kl_penalty_in_sequence_reward

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from jaxrl_llm.models.auxiliary import reward_scores
 from jaxrl_llm.train.forward import batch_policy_outputs
+from jaxrl_llm.transforms.base import is_static_zero
 from jaxrl_llm.types import Pass, PreferenceBatch
 
 
@@ -25,6 +26,11 @@ def reference_pass() -> Pass:
         return batch._replace(logp_ref=ref)
 
     return Pass("reference", ("logp_ref",), run, frozenset({"reference"}))
+
+
+def reference_passes(beta) -> tuple:
+    """(reference_pass(),) unless beta is a static 0 (no KL term: no reference forward)."""
+    return () if is_static_zero(beta) else (reference_pass(),)
 
 
 def old_policy_pass() -> Pass:

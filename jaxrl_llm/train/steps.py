@@ -18,7 +18,7 @@ import optax
 from jaxrl_llm import lora, sharding
 from jaxrl_llm.models.config import TransformerConfig
 from jaxrl_llm.models.transformer import remat_compiler_options
-from jaxrl_llm.objectives import loss_mask, token_mean
+from jaxrl_llm.objectives import NUM_CHOSEN_TOKENS, loss_mask, token_mean
 from jaxrl_llm.train.forward import batch_policy_outputs, critic_values
 from jaxrl_llm.train.passes import old_policy_pass
 from jaxrl_llm.types import Algorithm, ModelOutputs, PassContext, PreferenceBatch, Rollout
@@ -84,7 +84,7 @@ def with_normalisers(batch):
         "num_seqs": jnp.asarray(seqs, jnp.float32),
     }
     if preference:
-        extras["num_chosen_tokens"] = jnp.maximum(jnp.sum(batch.chosen_mask), 1).astype(jnp.float32)
+        extras[NUM_CHOSEN_TOKENS] = jnp.maximum(jnp.sum(batch.chosen_mask), 1).astype(jnp.float32)
     return batch._replace(extras=extras)
 
 
