@@ -5,6 +5,7 @@ The public API is flat: `import jaxrl_llm as jrl; jrl.make_algorithm("grpo", bet
 
 from jaxrl_llm.algorithms import get_factory, make_algorithm, registered_algorithms
 from jaxrl_llm.algorithms import register as register_algorithm
+from jaxrl_llm.algorithms.aux_dpo import modpo, tgdpo
 from jaxrl_llm.algorithms.clipping import (
     bapo,
     cispo,
@@ -34,8 +35,11 @@ from jaxrl_llm.algorithms.dpo import (
 )
 from jaxrl_llm.algorithms.grpo import copo, dr_grpo, gpg, grpo, grpo_lambda, ngrpo
 from jaxrl_llm.algorithms.gspo import gmpo, gspo, gspo_token
+from jaxrl_llm.algorithms.kto import kto
 from jaxrl_llm.algorithms.ppo import p3o, pf_ppo, ppo, ppo_max
 from jaxrl_llm.algorithms.reinforce import asymre, opmd, reinforce_pp, reinforce_pp_baseline, remax, rloo
+from jaxrl_llm.algorithms.online import online_dpo
+from jaxrl_llm.algorithms.reward_model import reward_model
 from jaxrl_llm.algorithms.sft import sft
 from jaxrl_llm.data.pipeline import (
     PromptTooLongError,
@@ -44,6 +48,7 @@ from jaxrl_llm.data.pipeline import (
     preference_dataset,
     prompt_dataset,
     sft_dataset,
+    unpaired_dataset,
 )
 from jaxrl_llm.data.sources import DatasetFieldError, final_answer, make_source
 from jaxrl_llm.data.tokenizer import Tokenizer, char_tokenizer, load_tokenizer
@@ -62,6 +67,7 @@ from jaxrl_llm.losses import (
     preference_link,
     sequence_logps,
 )
+from jaxrl_llm.losses.reward import bradley_terry_loss
 from jaxrl_llm.models.auxiliary import AuxModel, content_digest, load_aux_model
 from jaxrl_llm.models.config import (
     LoraConfig,
@@ -201,6 +207,7 @@ from jaxrl_llm.transforms.rollout import (
     normalize_rewards,
     overlong_penalty,
     pf_ppo_filter,
+    preference_pairs,
     reinforce_pp_advantages,
     remax_advantages,
     reward_to_tokens,
@@ -308,6 +315,7 @@ __all__ = [
     "kl_penalty_in_reward",
     "kl_penalty_in_sequence_reward",
     "kl_to_reference",
+    "kto",
     "KVCache",
     "load_aux_model",
     "load_checkpoint",
@@ -329,6 +337,7 @@ __all__ = [
     "MetricsWriter",
     "mismatch_metrics",
     "ModelOutputs",
+    "modpo",
     "multi_turn",
     "named_chain",
     "ngrpo",
@@ -387,6 +396,10 @@ __all__ = [
     "reward_to_tokens",
     "RewardFunctionError",
     "RewardModel",
+    "reward_model",
+    "online_dpo",
+    "preference_pairs",
+    "bradley_terry_loss",
     "rewards_vary",
     "RewardSources",
     "rloo",
@@ -414,6 +427,7 @@ __all__ = [
     "token_loss_objective",
     "TargetTooLongError",
     "teacher_pass",
+    "tgdpo",
     "to_hf_config",
     "token_logprobs",
     "token_mean",
@@ -427,6 +441,7 @@ __all__ = [
     "trpa",
     "truncated_is",
     "UnencodableTextError",
+    "unpaired_dataset",
     "UnsupportedModelError",
     "valid_group_scale",
     "value_loss",

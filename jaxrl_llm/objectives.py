@@ -64,6 +64,7 @@ def sequence_mean(x: jax.Array, batch) -> jax.Array:
 
 
 LOSS_AGG_MODES = (*AGGREGATION_MODES, "only_token_mean")  # of a token_loss_objective
+PAIR_WEIGHT = "pair_weight"  # PreferenceBatch.extras: per-pair loss weights [B] (online pairs; ties 0)
 NUM_CHOSEN_TOKENS = "num_chosen_tokens"  # PreferenceBatch.extras: the mini-batch's chosen tokens (NLL terms)
 IS_WEIGHT = "is_weight"  # Rollout.extras key of the rollout-correction importance weights [B, T]
 

@@ -110,6 +110,13 @@ class PreferenceBatch(_PreferenceFields):
       masks are 1 on completion tokens incl. EOS (attention and loss alike).
     ref_chosen_logps, ref_rejected_logps: [B, T] per-token reference log-probs.
     extras, metrics: as in `Rollout`.
+
+    Unpaired batches (KTO, `Algorithm.data == 'unpaired'`, `data.pipeline.unpaired_dataset`)
+    use the same fields with another meaning: row i is one example (x_i, y_i) with
+    extras['label'] [B] float32 (1 desirable, 0 undesirable); chosen_* hold its completion y_i
+    and rejected_* its mismatched KL completion y_{i−1}, the previous row's completion (cyclic,
+    formed over the whole data batch) under prompt x_i, for KTO's reference point
+    (`jaxrl_llm.algorithms.kto`).
     """
 
     __slots__ = ()
@@ -139,12 +146,16 @@ class ModelOutputs(NamedTuple):
     values: current critic values (value objectives only, else None).
     stats: the totals over the whole mini-batch of `Algorithm.statistics` (a dict of arrays,
       computed with the current parameters, no gradient), else None.
+    scores: [N] one scalar per row from the trained model's reward head (algorithms with
+      `head='reward'`: a reward model; for a `PreferenceBatch` the chosen rows, then the
+      rejected rows, [2B]), else None. logp and entropy are then None.
     """
 
     logp: Array | None = None
     entropy: Array | None = None
     values: Array | None = None
     stats: dict | None = None
+    scores: Array | None = None
 
 
 Batch = Rollout | PreferenceBatch
@@ -244,8 +255,10 @@ class RolloutStrategy(NamedTuple):
 class Algorithm(NamedTuple):
     """An RL or preference algorithm: its strategy, passes, transform and objective.
 
-    data: 'rollout' (collected online by `strategy` and scored), 'preference' (offline pairs)
-      or 'supervised' (targets from the dataset, SFT).
+    data: 'rollout' (collected online by `strategy` and scored), 'preference' (offline pairs),
+      'unpaired' (offline single completions labelled desirable / undesirable, KTO: a
+      `PreferenceBatch` laid out as documented there) or 'supervised' (targets from the
+      dataset, SFT).
     transform: writes rewards/advantages/... into the batch, once per batch before updates; may
       change the batch's rows or type (documented on `RolloutTransform`).
     objective: policy loss, pure function of arrays (contract in the module docstring).
@@ -271,6 +284,12 @@ class Algorithm(NamedTuple):
       `statistics` again at the updated parameters over the same mini-batch and passes the
       totals (one more forward per update; a non-finite step leaves the state unchanged).
       Needs `statistics`.
+    head: the head of the model the algorithm trains: 'causal_lm' (a policy: `outputs.logp`,
+      `outputs.entropy`) or 'reward' (a reward model, `RewardModel`: a scalar per sequence in
+      `outputs.scores`). A 'reward' phase starts from the previous phase's (or the initial)
+      trunk with a zero-initialised score head; its checkpoints hold the reward model, which
+      `save_checkpoint(..., head='reward')` exports as `*ForSequenceClassification` and
+      `config.aux_models` loads from its step directory with head 'reward'.
     """
 
     data: str
@@ -282,6 +301,7 @@ class Algorithm(NamedTuple):
     whole_groups: bool = False
     statistics: Callable[[Any, Any, Any], dict] | None = None
     post_update: Callable[[Any, dict], Any] | None = None
+    head: str = "causal_lm"
 
     def needs(self) -> frozenset:
         """Union of the passes' needs ('reference', 'critic', 'aux:<name>')."""

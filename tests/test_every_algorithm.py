@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ext_algorithms.ppo_reward_model import write_reward_model
 from test_distill import write_teacher
 from test_microbatch_invariance import ROOT, _config, check_prepared, prepare_step
 
@@ -78,9 +79,36 @@ def _teacher(config, tmp_path):
     return config
 
 
+def _token_reward_model(config, tmp_path):
+    """TGDPO's token-level reward model: a random causal LM over the policy's tokenizer."""
+    path = write_teacher(str(tmp_path / "token_rm"), config.tokenizer.alphabet)
+    config.aux_models = {"token_rm": {"checkpoint": path, "head": "causal_lm"}}
+    return config
+
+
+def _margin_models(config, tmp_path):
+    """MODPO with two margin models: a random reward model and a random causal LM (its
+    implicit DPO reward), so both kinds of margin run."""
+    alphabet = config.tokenizer.alphabet
+    config.aux_models = {
+        "margin_rm": {
+            "checkpoint": write_reward_model(str(tmp_path / "margin_rm"), alphabet),
+            "head": "reward",
+        },
+        "margin_lm": {
+            "checkpoint": write_teacher(str(tmp_path / "margin_lm"), alphabet),
+            "head": "causal_lm",
+        },
+    }
+    config.algo.update(margin_models="margin_rm,margin_lm", weights=(0.5, 0.25, 0.25))
+    return config
+
+
 SETUPS = {  # name -> (config, tmp_path) -> config, applied after the default setup
     "remax": _one_sample,
     "on_policy_distill": _teacher,
+    "tgdpo": _token_reward_model,
+    "modpo": _margin_models,
     "p3o": _pairs,
     **dict.fromkeys(["disco", "drpo", "trpa", "ngrpo", "grpo_lambda"], _binary),
     "pacs": _binary_two_minibatches,

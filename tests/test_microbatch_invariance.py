@@ -145,7 +145,8 @@ def prepare_step(name: str, trainer, state, index: int):
         )
     else:
         fields = ("prompt_ids", "prompt_mask", "chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
-        batch = jrl.PreferenceBatch(**{k: batch_np[k] for k in fields})
+        extras = {"label": batch_np["label"]} if kind == "unpaired" else None  # KTO's labels
+        batch = jrl.PreferenceBatch(**{k: batch_np[k] for k in fields}, extras=extras)
     batch = batch._replace(metrics={})
     prepare, _ = trainer._step_fns(phase, grouped_layout(batch, trainer.sampling.num_samples), False)
     batch, state = prepare(state, batch, {n: m.params for n, m in trainer.aux_models.items()})

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 from jaxrl_llm.algorithms.registry import register
 from jaxrl_llm.objectives import loss_mask, policy_surrogate
-from jaxrl_llm.train.passes import old_policy_pass, teacher_pass
+from jaxrl_llm.train.passes import aux_model_check, old_policy_pass, teacher_pass
 from jaxrl_llm.transforms import estimators
 from jaxrl_llm.transforms.base import chain, is_static_zero
 from jaxrl_llm.transforms.correction import behaviour_as_old
@@ -98,20 +98,12 @@ def checked_teacher_pass(name: str, temperature: float = 1.0) -> Pass:
     """`teacher_pass(name)` with a `Pass.check`: the teacher must be a causal LM over the
     policy's vocabulary, checked when the trainer is built; errors name config.aux_models.<name>."""
 
-    def check(model_config, aux):
-        model, field = aux[name], f"aux_models.{name}"
-        if model.head != "causal_lm":
-            raise ValueError(
-                f"config field {field}.head={model.head!r}: a distillation teacher needs 'causal_lm'"
-            )
-        if model.config.vocab_size != model_config.vocab_size:
-            raise ValueError(
-                f"config field {field}.checkpoint={model.source!r} is a teacher with a vocabulary of "
-                f"{model.config.vocab_size} tokens, the policy's (config field model) has "
-                f"{model_config.vocab_size}: on-policy distillation scores the student's token ids "
-                "with the teacher, so both need the same tokenizer"
-            )
-
+    check = aux_model_check(
+        name,
+        ("causal_lm",),
+        "a distillation teacher",
+        "on-policy distillation scores the student's token ids with the teacher",
+    )
     return teacher_pass(name, temperature)._replace(check=check)
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jaxrl_llm.algorithms.registry import register
 from jaxrl_llm.losses.aggregation import aggregate
 from jaxrl_llm.losses.preference import dpo_loss, sequence_logps
-from jaxrl_llm.objectives import NUM_CHOSEN_TOKENS, sequence_mean
+from jaxrl_llm.objectives import NUM_CHOSEN_TOKENS, PAIR_WEIGHT, sequence_mean
 from jaxrl_llm.train.passes import reference_pass
 from jaxrl_llm.transforms.base import identity, is_static_zero
 from jaxrl_llm.types import Algorithm, Objective
@@ -54,6 +54,8 @@ def preference_objective(
     """pair_coef · mean over pairs of `dpo_loss` (h from `sequence_logps(·, reduction)`, the
     link, smoothing and margin of `preference_link`, Flex-DPO's beta_rejected) + nll_coef ·
     `chosen_nll(nll_agg)`.
+    A per-pair `extras['pair_weight']` [B] (online pairs, `preference_pairs`: 0 for ties)
+    multiplies each pair's loss; the mean is still over every pair of the mini-batch.
     Metrics (means over pairs): reward_chosen / reward_rejected (β·(s − s_ref)), reward_margin,
     reward_accuracy; nll when nll_coef is not a static 0."""
 
@@ -70,6 +72,8 @@ def preference_objective(
             chosen, rejected, ref_c, ref_r, beta, label_smoothing, reference_free, link, margin, beta_rejected
         )
         metrics = {k: sequence_mean(v, batch) for k, v in pair_metrics.items()}
+        if PAIR_WEIGHT in batch.extras:  # online pairs: ties carry no gradient
+            losses = batch.extras[PAIR_WEIGHT] * losses
         loss = pair_coef * sequence_mean(losses, batch)
         if not is_static_zero(nll_coef):
             nll = chosen_nll(outputs, batch, nll_agg)

@@ -14,7 +14,8 @@ from jaxrl_llm.transforms.base import inject_hyperparams
 from jaxrl_llm.types import Algorithm, Pass, RolloutStrategy
 
 _ALGORITHMS = Registry("algorithm", "algo.name", "jaxrl_llm.register_algorithm")
-_DATA_KINDS = ("rollout", "preference", "supervised")
+_DATA_KINDS = ("rollout", "preference", "unpaired", "supervised")
+_HEADS = ("causal_lm", "reward")
 
 
 def register(name: str, *, overwrite: bool = False):
@@ -67,6 +68,15 @@ def check_algorithm(algorithm: Algorithm, name: str) -> None:
         raise ValueError(
             f"algorithm {name!r}: post_update reads the statistics measured after each update; "
             "define Algorithm.statistics too"
+        )
+    if algorithm.head not in _HEADS:
+        raise ValueError(f"algorithm {name!r}: head={algorithm.head!r}; expected one of {_HEADS}")
+    if algorithm.head == "reward" and (
+        algorithm.data != "preference" or algorithm.value_objective is not None
+    ):
+        raise ValueError(
+            f"algorithm {name!r}: a reward model (head='reward') trains on preference pairs "
+            f"(data='preference', no value_objective); got data={algorithm.data!r}"
         )
     if algorithm.strategy is not None and algorithm.data != "rollout":
         raise ValueError(f"algorithm {name!r}: a strategy collects rollouts, but data={algorithm.data!r}")

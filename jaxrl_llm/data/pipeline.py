@@ -5,16 +5,23 @@ batch of training step s is `dataset[s]`: a pure function of (seed, s). Resuming
 reproduces the data order with no iterator state to checkpoint. Batches are dicts of numpy
 arrays with fixed shapes (prompts left-padded to P, targets right-padded to T), plus the prompt
 and answer texts as numpy str arrays and the source record `index` [B] of each row.
+
+Preference data comes from question/answer records (pairs and labels synthesised from the final
+answer: `wrong_answer`) or from records in TRL's preference formats (`sources.record_format`):
+prompt/chosen/rejected pairs (`preference_dataset`) and prompt/completion/label unpaired
+examples (`unpaired_dataset`, KTO), as texts or chat-message lists (`conversation_parts`).
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 
 import grain
 import numpy as np
 
-from jaxrl_llm.data.sources import final_answer, get_field
+from jaxrl_llm.data.sources import DatasetFieldError, final_answer, get_field, record_format
 
 
 class PromptTooLongError(ValueError):
@@ -410,18 +417,37 @@ def preference_dataset(
     shuffle: bool = True,
     num_epochs: int | None = None,
 ) -> grain.MapDataset:
-    """Preference pairs for DPO-style methods on verifiable tasks: prompt_dataset's fields plus
+    """Preference pairs for DPO-style methods: prompt_dataset's fields plus
 
-    chosen_ids, chosen_mask: np.int32 [B, T]: final_answer(answer) + EOS, right-padded to T;
-    rejected_ids, rejected_mask: np.int32 [B, T]: wrong_answer(final answer, seed, index) + EOS;
+    chosen_ids, chosen_mask: np.int32 [B, T]: the chosen completion + EOS, right-padded to T;
+    rejected_ids, rejected_mask: np.int32 [B, T]: the rejected completion + EOS;
     chosen, rejected: str [B], the two texts.
+
+    Question/answer records (verifiable tasks): chosen = final_answer(answer), rejected =
+    wrong_answer(final answer, seed, index). Records with chosen/rejected fields
+    (`sources.record_format` 'pairs', TRL's format): {"prompt": text, "chosen": text,
+    "rejected": text}, or chat messages (`conversation_parts`: a "prompt" message list and/or
+    chosen/rejected conversations ending with the assistant's completion; the prompt then needs
+    data.chat=True); every record is checked here, before the first batch, and `answers` is ''.
     """
-    prepare = _prompt_fields(len(source), tokenizer, chat, instruction, question_field, answer_field)
+    fmt = _format_for(source, "preference")
+    if fmt == "pairs":
+        records = preference_records(source, tokenizer, "pairs", chat=chat, instruction=instruction)
+        stream, prepare = records, _indexed(len(records))
+    else:
+        stream = source
+        prompt_fields = _prompt_fields(
+            len(source), tokenizer, chat, instruction, question_field, answer_field
+        )
+
+        def prepare(index, record):
+            r = prompt_fields(index, record)
+            chosen = final_answer(r["answer"])
+            return {**r, "chosen": chosen, "rejected": wrong_answer(chosen, seed, r["index"])}
 
     def batch_fn(records):
         batch = _prompt_batch(records, tokenizer, max_prompt_len, chat)
-        chosen = [final_answer(r["answer"]) for r in records]
-        rejected = [wrong_answer(c, seed, r["index"]) for c, r in zip(chosen, records, strict=True)]
+        chosen, rejected = [r["chosen"] for r in records], [r["rejected"] for r in records]
         batch["chosen_ids"], batch["chosen_mask"] = _target_batch(
             chosen, batch["index"], tokenizer, max_target_len
         )
@@ -432,7 +458,7 @@ def preference_dataset(
         return batch
 
     return _stream(
-        source,
+        stream,
         prepare,
         seed=seed,
         shuffle=shuffle,
@@ -440,3 +466,341 @@ def preference_dataset(
         batch_size=batch_size,
         batch_fn=batch_fn,
     )
+
+
+# ---- KTO's unpaired examples ---------------------------------------------------------------------
+
+_LABEL_STREAM = 0x6B746F  # the numpy seed word of the synthetic desirable labels ('kto')
+
+
+def desirable_labels(num_records: int, seed: int, desirable_fraction: float = 0.5) -> np.ndarray:
+    """bool [num_records]: which question/answer records `unpaired_dataset` turns into a
+    desirable example (their correct final answer) rather than an undesirable one
+    (`wrong_answer`). Exactly ceil(fraction · n) records are desirable, those whose position in
+    a permutation drawn from (seed, 'kto') is below that count: deterministic in (seed, index)
+    for a given source, the same in every epoch. (ceil: with fraction 0.5 and an odd n the
+    desirable class is the larger, so λ_D n_D / (λ_U n_U) stays >= 1, see `check_class_balance`.)"""
+    if not 0.0 <= desirable_fraction <= 1.0:
+        raise ValueError(
+            f"data.desirable_fraction={desirable_fraction!r} must be in [0, 1] (the share of records "
+            "that give their correct answer as a desirable example); set --config.data.desirable_fraction"
+        )
+    count = math.ceil(desirable_fraction * num_records - 1e-9)
+    rank = np.random.default_rng([seed, _LABEL_STREAM]).permutation(num_records)
+    return rank < count
+
+
+def check_class_balance(
+    num_desirable: int, num_undesirable: int, desirable_weight: float = 1.0, undesirable_weight: float = 1.0
+) -> float:
+    """KTO's advice on class weights (Ethayarajh et al., arXiv 2402.01306, eq. 8): keep
+    λ_D·n_D / (λ_U·n_U) in [1, 4/3]. Warns (UserWarning) outside that range with the weights
+    that would fit, as TRL `KTOTrainer.__init__` does (TRL checks only when n_D != n_U; here
+    whenever the ratio is out of range). Counts are clamped to >= 1 as in TRL. Returns the ratio."""
+    n_d, n_u = max(int(num_desirable), 1), max(int(num_undesirable), 1)
+    ratio = desirable_weight * n_d / (undesirable_weight * n_u)
+    if not 1.0 <= ratio <= 4.0 / 3.0:
+        d_low, u_high = n_u * undesirable_weight / n_d, n_d * desirable_weight / n_u
+        warnings.warn(
+            f"KTO class balance: {num_desirable} desirable and {num_undesirable} undesirable examples "
+            f"with algo.desirable_weight={desirable_weight} and algo.undesirable_weight="
+            f"{undesirable_weight} give λ_D·n_D / (λ_U·n_U) = {ratio:.3g}, outside the recommended "
+            f"[1, 4/3]; set EITHER algo.desirable_weight in [{d_low:.3g}, {d_low * 4 / 3:.3g}] OR "
+            f"algo.undesirable_weight in [{u_high * 3 / 4:.3g}, {u_high:.3g}] (not both), or change "
+            "the data's balance (data.desirable_fraction for synthesised labels)",
+            UserWarning,
+            stacklevel=2,
+        )
+    return ratio
+
+
+def unpaired_dataset(
+    source,
+    tokenizer,
+    *,
+    batch_size: int,
+    max_prompt_len: int,
+    max_target_len: int,
+    seed: int,
+    chat: bool = False,
+    instruction: str = "",
+    question_field: str = "question",
+    answer_field: str = "answer",
+    desirable_fraction: float = 0.5,
+    class_weights: tuple[float, float] | None = None,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+) -> grain.MapDataset:
+    """Unpaired examples for KTO (`Algorithm.data == 'unpaired'`): prompt_dataset's fields plus
+
+      chosen_ids, chosen_mask: np.int32 [B, T]: row i's completion y_i + EOS, right-padded to T;
+      rejected_ids, rejected_mask: np.int32 [B, T]: row i's KL completion, the completion of
+        row i − 1 of this batch (row 0: row B − 1's), so that (x_i, y_{i−1}) is a mismatched
+        pair for KTO's reference point z0 (TRL `kto_trainer.py::_get_kl_dataset`, "+1 offset");
+      label: np.float32 [B], 1.0 desirable, 0.0 undesirable;
+      completion, kl_completion: str [B], the two texts.
+
+    The trainer reads them as a `PreferenceBatch` (chosen = y_i, rejected = y_{i−1},
+    extras['label']); the mismatch is formed here over the whole data batch, so splitting it
+    into mini- or micro-batches never changes which completion goes with which prompt.
+    KTO needs batch_size >= 2 (with one row the KL completion is the row's own).
+
+    Question/answer records: record i gives final_answer(answer) (desirable) when
+    `desirable_labels(n, seed, desirable_fraction)[i]`, else wrong_answer(final answer, seed,
+    i) (undesirable). Records with a completion field (`sources.record_format` 'unpaired', TRL's
+    format): {"prompt": text or messages, "completion": text or messages, "label": true/false
+    or 1/0}, all checked here, before the first batch (`conversation_parts`, `parse_label`).
+    class_weights (λ_D, λ_U): given, the dataset's class counts are checked with
+    `check_class_balance` (a warning).
+    """
+    fmt = _format_for(source, "unpaired")
+    if fmt == "unpaired":
+        records = preference_records(source, tokenizer, "unpaired", chat=chat, instruction=instruction)
+        labels = np.array([r["label"] > 0 for r in records], bool)
+        stream, prepare = records, _indexed(len(records))
+    else:
+        labels = desirable_labels(len(source), seed, desirable_fraction)
+        stream = source
+        prompt_fields = _prompt_fields(
+            len(source), tokenizer, chat, instruction, question_field, answer_field
+        )
+
+        def prepare(index, record):
+            r = prompt_fields(index, record)
+            correct, good = final_answer(r["answer"]), bool(labels[r["index"]])
+            completion = correct if good else wrong_answer(correct, seed, r["index"])
+            return {**r, "completion": completion, "label": float(good)}
+
+    if class_weights is not None:
+        check_class_balance(int(labels.sum()), int((~labels).sum()), *class_weights)
+
+    def batch_fn(records):
+        batch = _prompt_batch(records, tokenizer, max_prompt_len, chat)
+        completions = [r["completion"] for r in records]
+        batch["chosen_ids"], batch["chosen_mask"] = _target_batch(
+            completions, batch["index"], tokenizer, max_target_len
+        )
+        # Mismatched pairs: row i takes row i − 1's completion (cyclic), under row i's prompt.
+        batch["rejected_ids"] = np.roll(batch["chosen_ids"], 1, axis=0)
+        batch["rejected_mask"] = np.roll(batch["chosen_mask"], 1, axis=0)
+        batch["label"] = np.array([r["label"] for r in records], np.float32)
+        batch["completion"] = np.array(completions, dtype=str)
+        batch["kl_completion"] = np.roll(batch["completion"], 1)
+        return batch
+
+    return _stream(
+        stream,
+        prepare,
+        seed=seed,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        batch_size=batch_size,
+        batch_fn=batch_fn,
+    )
+
+
+# ---- records in TRL's preference formats -----------------------------------------------------------
+
+_FORMAT_FIELDS = {
+    "question": "question/answer",
+    "pairs": "prompt/chosen/rejected",
+    "unpaired": "prompt/completion/label",
+}
+_ACCEPTED_FORMATS = {"preference": ("question", "pairs"), "unpaired": ("question", "unpaired")}
+_FIX = "fix the record in the file of --config.data.path"
+
+
+def _format_for(source, data_kind: str) -> str:
+    """`record_format` of the source's first record, checked to suit the algorithm's data kind."""
+    fmt = record_format(source[0])
+    accepted = _ACCEPTED_FORMATS.get(data_kind, ("question",))
+    if fmt not in accepted:
+        raise DatasetFieldError(
+            f"the dataset's records are {_FORMAT_FIELDS[fmt]} records (record 0 has fields "
+            f"{sorted(source[0])}), which an algorithm with data={data_kind!r} cannot train on: it "
+            f"needs {' or '.join(_FORMAT_FIELDS[f] for f in accepted)} records. Choose another "
+            "algorithm (config field algo.name; prompt/chosen/rejected pairs: the DPO family, "
+            "prompt/completion/label: kto) or another dataset (data.path)"
+            + (
+                ", and set sft.steps=0 (SFT trains on question/answer records)"
+                if data_kind == "supervised"
+                else ""
+            )
+        )
+    return fmt
+
+
+def _indexed(num_records: int):
+    """The grain map of already-normalised records: adds the record index (and answer '')."""
+
+    def prepare(index, record):
+        return {**record, "index": index % num_records, "answer": ""}
+
+    return prepare
+
+
+_TRUE_LABELS, _FALSE_LABELS = ("1", "1.0", "true"), ("0", "0.0", "false")
+
+
+def parse_label(value, index: int) -> float:
+    """An unpaired record's label as 1.0 (desirable) / 0.0 (undesirable): a JSON boolean or 0/1
+    (`read_jsonl` turns JSON numbers and booleans into str: "True", "1", ...). Else a
+    DatasetFieldError naming the record."""
+    text = str(value).strip().lower() if isinstance(value, str | int | float) else None
+    if text in _TRUE_LABELS:
+        return 1.0
+    if text in _FALSE_LABELS:
+        return 0.0
+    raise DatasetFieldError(
+        f"record {index} has label={value!r}; a label must be a boolean (true: desirable, false: "
+        f"undesirable) or 0/1; {_FIX}"
+    )
+
+
+def _message_list(value, index: int, field: str) -> list[dict]:
+    """`value` checked to be a list of {"role": str, "content": str} chat messages."""
+    ok = isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value
+    )
+    if not ok:
+        raise DatasetFieldError(
+            f"record {index} has field {field!r} = {str(value)[:200]!r}; expected a text or a list of "
+            f'chat messages {{"role": ..., "content": ...}} with string role and content; {_FIX}'
+        )
+    return value
+
+
+def conversation_parts(record, field: str, index: int) -> tuple[str | list[dict], str]:
+    """(prompt, completion) of one completion field ('chosen', 'rejected' or 'completion') of a
+    preference record, in TRL's formats:
+
+      text:          {"prompt": "2+2=", field: "4"}  -> ("2+2=", "4")
+      chat, explicit prompt: {"prompt": [messages], field: [{"role": "assistant", ...}]}
+      chat, implicit prompt: {field: [user, assistant, ..., assistant]}
+
+    A message list must end with an assistant message: its content is the completion, and the
+    prompt is every message before it ("prompt"'s messages first; a text "prompt" becomes a
+    user message when messages follow it). The prompt is a text or a message list (rendered by
+    `render_prompt`). Errors (DatasetFieldError) name the record and the field."""
+    if field not in record:
+        raise DatasetFieldError(
+            f"record {index} has no field {field!r}; its fields are {sorted(record)}; {_FIX}"
+        )
+    value, prompt = record[field], record.get("prompt")
+    if isinstance(value, str):
+        if prompt is None:
+            raise DatasetFieldError(
+                f"record {index} has a text {field!r} but no field 'prompt' (only a conversation, a "
+                f"list of chat messages, can hold its own prompt); {_FIX}"
+            )
+        return prompt, value
+    messages = _message_list(value, index, field)
+    if not messages or messages[-1]["role"] != "assistant":
+        last = messages[-1]["role"] if messages else "nothing"
+        raise DatasetFieldError(
+            f"record {index}'s {field!r} conversation ends with {last!r}, not an assistant message (its "
+            f"content is the completion trained on); {_FIX}"
+        )
+    before = messages[:-1]
+    if before:
+        head = [] if prompt is None else prompt
+        if isinstance(head, str):
+            head = [{"role": "user", "content": head}]
+        prompt = _message_list(head, index, "prompt") + before
+    if prompt is None or (isinstance(prompt, list) and not prompt):
+        raise DatasetFieldError(
+            f"record {index} has no prompt: no field 'prompt' and no messages before the assistant's "
+            f"in {field!r}; {_FIX}"
+        )
+    return prompt, messages[-1]["content"]
+
+
+def render_prompt(prompt, tokenizer, chat: bool, instruction: str, index: int) -> str:
+    """The prompt text of a preference record: a text as `format_prompt` makes it (instruction +
+    text, in the chat template when chat=True); a message list through the tokenizer's chat
+    template with the generation prompt (needs data.chat=True; data.instruction is not added)."""
+    if isinstance(prompt, str):
+        return format_prompt(prompt, tokenizer, chat, instruction)
+    messages = _message_list(prompt, index, "prompt")
+    if not chat:
+        raise DatasetFieldError(
+            f"record {index}'s prompt is a list of chat messages; set --config.data.chat=True so that the "
+            "tokenizer's chat template renders it (prompts are encoded without special tokens then)"
+        )
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def preference_records(
+    source, tokenizer, fmt: str, *, chat: bool = False, instruction: str = "", indices=None
+) -> list[dict]:
+    """Records of TRL's preference formats normalised to texts, every field checked:
+    fmt 'pairs' -> [{"prompt", "chosen", "rejected"}] (chosen and rejected must hold the same
+    prompt), 'unpaired' -> [{"prompt", "completion", "label": 1.0 | 0.0}]. "prompt" is the
+    rendered prompt text (`render_prompt`). indices: which records (default all).
+    Raises DatasetFieldError naming the first malformed record."""
+    out = []
+    for i in range(len(source)) if indices is None else indices:
+        record = source[i]
+        if not isinstance(record, dict):
+            raise DatasetFieldError(f"record {i} is not a JSON object: {str(record)[:200]!r}; {_FIX}")
+        if fmt == "pairs":
+            prompt, chosen = conversation_parts(record, "chosen", i)
+            other, rejected = conversation_parts(record, "rejected", i)
+            if other != prompt:
+                raise DatasetFieldError(
+                    f"record {i}: 'chosen' and 'rejected' hold different prompts ({str(prompt)[:100]!r} vs "
+                    f"{str(other)[:100]!r}); a pair shares one prompt; {_FIX}"
+                )
+            texts = {"chosen": chosen, "rejected": rejected}
+        else:
+            prompt, completion = conversation_parts(record, "completion", i)
+            if "label" not in record:
+                raise DatasetFieldError(
+                    f"record {i} has no field 'label' (true: desirable, false: undesirable); its fields "
+                    f"are {sorted(record)}; {_FIX}"
+                )
+            texts = {"completion": completion, "label": parse_label(record["label"], i)}
+        out.append({"prompt": render_prompt(prompt, tokenizer, chat, instruction, i), **texts})
+    return out
+
+
+def check_preference_records(
+    source,
+    tokenizer,
+    data_kinds: Sequence[str],
+    *,
+    max_prompt_len: int,
+    max_target_len: int,
+    chat: bool = False,
+    instruction: str = "",
+    limit: int | None = None,
+) -> None:
+    """Start-up check of a dataset of preference records (`sources.record_format` 'pairs' or
+    'unpaired'; the trainer's `_check_data`): the format suits each of `data_kinds` (the phases'
+    `Algorithm.data`: 'supervised' for an SFT warm-start), and the first `limit` records (all if
+    None) are well formed (`preference_records`) and fit the prompt and target budgets
+    (PromptTooLongError / TargetTooLongError naming the record and the length needed)."""
+    fmt = [_format_for(source, kind) for kind in data_kinds][0]
+    n = len(source) if limit is None else min(limit, len(source))
+    records = preference_records(source, tokenizer, fmt, chat=chat, instruction=instruction, indices=range(n))
+    if not records:
+        return
+
+    def prompts(texts, indices):
+        return _encode_prompts(texts, tokenizer, 1, chat, indices)
+
+    def targets(texts, indices):
+        return encode_texts(
+            texts,
+            tokenizer,
+            1,
+            padding_side="right",
+            add_special_tokens=False,
+            append_eos=True,
+            indices=indices,
+        )
+
+    _scan(records, lambda r, i: r["prompt"], prompts, max_prompt_len, "prompt", PromptTooLongError, None)
+    for field in ("chosen", "rejected") if fmt == "pairs" else ("completion",):
+        _scan(records, lambda r, i, f=field: r[f], targets, max_target_len, field, TargetTooLongError, None)

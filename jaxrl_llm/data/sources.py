@@ -12,6 +12,10 @@
   * 'jsonl': local JSON-lines files, one record per line, e.g. GSM8K's own files;
   * 'code': a synthetic code task in memory (jaxrl_llm/data/code.py; answers are unit tests).
 
+JSON-lines records may instead hold preference data in TRL's formats (`record_format`):
+prompt/chosen/rejected pairs (DPO family) or prompt/completion/label unpaired examples (KTO),
+texts or chat-message lists; `jaxrl_llm.data.pipeline` reads them.
+
 TFDS data is always written as array_record and read through `as_data_source`, so TensorFlow is
 never imported.
 """
@@ -25,7 +29,29 @@ from collections.abc import Mapping, Sequence
 
 
 class DatasetFieldError(ValueError):
-    """A record lacks the question or answer field named by the data config."""
+    """A record lacks the question or answer field named by the data config (or a preference
+    record is malformed: a missing chosen/rejected/completion/label field, a bad label)."""
+
+
+RECORD_FORMATS = ("question", "pairs", "unpaired")
+
+
+def record_format(record: Mapping) -> str:
+    """How a record gives its training text (one of RECORD_FORMATS):
+
+      'pairs': {"prompt", "chosen", "rejected"}, TRL's preference format (DPO family); "prompt"
+        may be absent when chosen/rejected are chat conversations that hold it;
+      'unpaired': {"prompt", "completion", "label"}, TRL's unpaired preference format (KTO);
+      'question': anything else, the GSM8K schema {question, answer} (field names from the data
+        config); preference pipelines synthesise pairs / labels from the final answer.
+
+    Decided by the presence of "chosen"/"rejected" (pairs) or of "completion" or "prompt" +
+    "label" (unpaired); a dataset's format is that of its first record."""
+    if "chosen" in record or "rejected" in record:
+        return "pairs"
+    if "completion" in record or ("prompt" in record and "label" in record):
+        return "unpaired"
+    return "question"
 
 
 def final_answer(answer_text: str) -> str:
@@ -208,13 +234,51 @@ SOURCES = {
 }
 
 
+class Subset:
+    """Records [start, stop) of a random-access source, itself random access."""
+
+    def __init__(self, source, start: int, stop: int):
+        self.source, self.start, self.stop = source, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.source[self.start + index]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        return [self[i] for i in indices]
+
+
+def train_subset(source, data_config):
+    """The training records `data.train_offset` .. `data.train_offset + data.train_records`
+    (train_records 0: every record from the offset). For data-limited runs (a proxy reward model
+    trained on few pairs) and disjoint subsets (an ensemble's members)."""
+    offset, count = (
+        int(getattr(data_config, "train_offset", 0)),
+        int(getattr(data_config, "train_records", 0)),
+    )
+    if offset < 0 or count < 0 or offset + count > len(source) or offset >= len(source):
+        raise ValueError(
+            f"data.train_offset={offset}, data.train_records={count}: the training split has "
+            f"{len(source)} records; choose offset + records <= {len(source)} (records 0: all from the offset)"
+        )
+    if offset == 0 and count == 0:
+        return source
+    return Subset(source, offset, offset + count if count else len(source))
+
+
 def make_source(data_config, split: str) -> Sequence[dict]:
     """The records of one split, random access: `len(source)`, `source[i]` -> dict of str.
 
     data_config fields: name ('arithmetic' | 'code' | 'countdown' | 'gsm8k' | 'jsonl'), builder_config
     (arithmetic config, default 'add3_fixed'; countdown config, default 'n3'), data_dir (TFDS data
-    dir, '' = default), path (jsonl: contains '{split}'), question_field, answer_field. The fields
-    of the first record are checked here.
+    dir, '' = default), path (jsonl: contains '{split}'), question_field, answer_field,
+    train_offset / train_records (a slice of the training split, `train_subset`). The fields
+    of the first record are checked here (question and answer; preference records, see
+    `record_format`, are checked by the pipeline that reads them).
     """
     name = getattr(data_config, "name", None)
     if name not in SOURCES:
@@ -222,8 +286,12 @@ def make_source(data_config, split: str) -> Sequence[dict]:
             f"unknown dataset {name!r} in config field data.name; known datasets: {sorted(SOURCES)}"
         )
     source = SOURCES[name](data_config, split)
+    if split == "train":
+        source = train_subset(source, data_config)
     if len(source) == 0:
         raise ValueError(f"split {split!r} of dataset {name!r} has no records")
+    if record_format(source[0]) != "question":
+        return source
     get_field(source[0], getattr(data_config, "question_field", "question"), 0, "data.question_field")
     get_field(source[0], getattr(data_config, "answer_field", "answer"), 0, "data.answer_field")
     return source

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 
 from jaxrl_llm.models.config import TransformerConfig
 from jaxrl_llm.models.hf import load_checkpoint
-from jaxrl_llm.models.transformer import HEADS, RewardModel, init_params
+from jaxrl_llm.models.transformer import HEADS, init_params
+from jaxrl_llm.train.forward import sequence_scores
 
 AUX_HEADS = tuple(HEADS)
 
@@ -85,8 +86,8 @@ def _load_orbax(path: str, head: str, dtype: str):
     if missing:  # e.g. head 'reward' on a policy: it has an LM head, no scalar 'score'
         raise ValueError(
             f"aux model checkpoint {path!r}: its {key!r} have no {missing} for head={head!r} (an "
-            "earlier run's checkpoint gives its policy as 'causal_lm' and its critic as 'value'; a "
-            "reward model comes from an HF directory)"
+            "earlier run's checkpoint gives its policy as 'causal_lm', its critic as 'value', and the "
+            "model of a reward-model run (algo reward_model) as 'reward')"
         )
     params = {k: params[k] for k in template} if head != "causal_lm" else params
     if jax.tree.structure(params) != jax.tree.structure(template):
@@ -141,6 +142,4 @@ def check_aux_record(saved: dict | None, models: dict[str, AuxModel], where: str
 
 def reward_scores(model: AuxModel, params, prompt_ids, prompt_mask, response_ids, response_mask):
     """Scalar scores [B] of a reward-head model on (left-padded prompt, right-padded response)."""
-    tokens = jnp.concatenate([prompt_ids, response_ids], axis=1)
-    mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(jnp.int32)
-    return RewardModel(model.config).apply({"params": params}, tokens, mask)
+    return sequence_scores(model.config, params, prompt_ids, prompt_mask, response_ids, response_mask)

@@ -6,7 +6,7 @@
 ensemble of `config.reward_ensembles`:
 
     config.aux_models = {"rm_a": {"checkpoint": ..., "head": "reward"}, "rm_b": {...}}
-    config.reward_ensembles = {"rm": {"members": "rm_a,rm_b", "combine": "mean_minus_std", "coef": 0.5}}
+    config.reward_ensembles = {"rm": {"members": "rm_a,rm_b", "combine": "mean_minus_var", "coef": 0.5}}
     config.rewards = {"rm": 1.0}                 # no verifier: the ensemble is the reward
 
 The reward is the weighted sum of the sources; each source's raw values are kept per row
@@ -24,14 +24,23 @@ from jaxrl_llm.models.auxiliary import AuxModel, reward_scores
 from jaxrl_llm.rewards.math import get_reward, list_rewards, score_completions
 from jaxrl_llm.rollout.strategies import Scores
 
-ENSEMBLE_COMBINE = ("mean", "min", "mean_minus_std")
+ENSEMBLE_COMBINE = ("mean", "min", "mean_minus_var", "mean_minus_std")
 
 
 def combine_ensemble(scores: np.ndarray, combine: str = "mean", coef: float = 0.0) -> np.ndarray:
-    """Ensemble scores [K, N] -> [N]: 'mean'; 'min' (worst case, WCO; Coste et al., arXiv
-    2310.02743); 'mean_minus_std' (uncertainty-weighted, UWO: mean − coef·std, population std).
+    """Ensemble scores [K, N] -> [N] (Coste et al., "Reward model ensembles help mitigate
+    overoptimization", arXiv 2310.02743; Eisenstein et al., arXiv 2312.09244):
 
-    Example:
+    * 'mean'
+    * 'min': worst-case optimisation (WCO), min_k r_k
+    * 'mean_minus_var': uncertainty-weighted optimisation (UWO, Coste et al.'s form),
+      mean − coef·Var_k r_k (population variance)
+    * 'mean_minus_std': the same penalty on the scale of the scores, mean − coef·std_k r_k
+      (population std)
+
+    coef is λ (Coste et al. tune it per setting; no default value is implied).
+
+    Example (members [1.0, 0.6, 1.4], λ 0.5): mean 1.0, min 0.6, mean_minus_var 0.946667.
       >>> combine_ensemble(np.array([[1.0, 2.0], [3.0, 2.0]]), "mean_minus_std", 1.0)  # [1., 2.]
     """
     scores = np.asarray(scores, np.float32)
@@ -39,6 +48,8 @@ def combine_ensemble(scores: np.ndarray, combine: str = "mean", coef: float = 0.
         return scores.mean(0)
     if combine == "min":
         return scores.min(0)
+    if combine == "mean_minus_var":
+        return scores.mean(0) - coef * scores.var(0)
     if combine == "mean_minus_std":
         return scores.mean(0) - coef * scores.std(0)
     raise ValueError(f"reward ensemble combine={combine!r}; use one of {ENSEMBLE_COMBINE}")

@@ -87,6 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
             question_field="question",
             answer_field="answer",
             max_prompt_len=12,  # prompt budget in tokens; longer prompts are an error
+            train_records=0,  # use only this many training records (0: all), from train_offset
+            train_offset=0,
+            desirable_fraction=0.5,  # unpaired (KTO) labels synthesised from answers: share desirable
             check_records=20_000,  # prompts length-checked at start-up (0: none; batches are always checked)
             chat=False,  # wrap questions with the tokenizer's chat template
             instruction="",  # text put before each question
@@ -112,7 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
     # run's checkpoints (their digest is; a changed model is refused on resume).
     c.aux_models = ml_collections.ConfigDict()
     # Reward-model ensembles: {name: {members: 'rm_a,rm_b', combine: 'mean' | 'min' |
-    # 'mean_minus_std', coef: lambda of mean - lambda * std}}.
+    # 'mean_minus_var' | 'mean_minus_std', coef: lambda of mean - lambda * var (or std)}}.
     c.reward_ensembles = ml_collections.ConfigDict()
     # Rollout strategy: name '' uses the algorithm's own (default group sampling); otherwise a
     # registered strategy (group_sampling, dynamic_sampling, greedy_baseline, best_of_n,

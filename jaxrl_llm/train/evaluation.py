@@ -1,4 +1,5 @@
-"""Held-out evaluation: greedy accuracy, pass@k and (for preference phases) pair accuracy."""
+"""Held-out evaluation: greedy accuracy, pass@k, (for preference phases) pair accuracy, and
+(for reward models) pairwise accuracy, calibration and score distributions."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import numpy as np
 
 from jaxrl_llm import sharding
 from jaxrl_llm.data import pipeline
+from jaxrl_llm.data.sources import record_format
 from jaxrl_llm.losses.preference import sequence_logps
 from jaxrl_llm.rewards import score_completions
 from jaxrl_llm.rollout.sampler import SamplingConfig, make_sampler
 from jaxrl_llm.rollout.strategies import decode_responses
-from jaxrl_llm.train.forward import policy_outputs
+from jaxrl_llm.train.forward import policy_outputs, sequence_scores
 
 
 class EvaluationInterrupted(Exception):
@@ -66,6 +68,7 @@ class Evaluator:
         self.rng = jax.random.PRNGKey(config.seed + 12345)
         self.should_stop = lambda: False  # every process must give the same answer at each batch
         self._pair_logps = jax.jit(self._pair_logps_fn)
+        self._pair_scores = jax.jit(self._pair_scores_fn)
 
     def _batches(self, split: str, kind: str):
         d, e = self.config.data, self.config.eval
@@ -88,6 +91,10 @@ class Evaluator:
             ds = pipeline.preference_dataset(
                 source, self.tokenizer, max_target_len=self.config.sampling.max_new_tokens, **common
             )
+        elif kind == "unpaired":
+            ds = pipeline.unpaired_dataset(
+                source, self.tokenizer, max_target_len=self.config.sampling.max_new_tokens, **common
+            )
         else:
             ds = pipeline.prompt_dataset(source, self.tokenizer, **common)
         return n, [ds[i] for i in range(math.ceil(n / size))]
@@ -102,7 +109,13 @@ class Evaluator:
 
     def __call__(self, params, split: str, ref_params=None, algorithm=None, sampled: bool = True) -> dict:
         """Greedy accuracy; with `sampled`, also pass@k and mean accuracy of k samples at
-        eval.temperature; for preference algorithms, held-out pair accuracies."""
+        eval.temperature; for preference algorithms, held-out pair accuracies. A reward model
+        (`algorithm.head == 'reward'`) is evaluated on held-out pairs only (`_reward_model`)."""
+        if algorithm is not None and algorithm.head == "reward":
+            return self._reward_model(params, split)
+        source = self.sources.get(split)
+        if source is not None and record_format(source[0]) != "question":  # no answer to verify
+            return self._pair_metrics(params, ref_params, split, algorithm)
         n, batches = self._batches(split, "prompts")
         greedy, num_correct = [], []
         for i, batch in enumerate(batches):
@@ -116,9 +129,18 @@ class Evaluator:
             c = np.concatenate(num_correct)[:n]
             results[f"pass_at_{self.k}"] = float(pass_at_k(self.k, c, self.k).mean())
             results["sample_accuracy"] = float((c / self.k).mean())
-        if algorithm is not None and algorithm.data == "preference":
-            results.update(self._preference_accuracy(params, ref_params, split))
+        results.update(self._pair_metrics(params, ref_params, split, algorithm))
         return results
+
+    def _pair_metrics(self, params, ref_params, split: str, algorithm) -> dict:
+        """For preference and unpaired (KTO) algorithms: the held-out pair accuracies
+        (`_preference_accuracy`; question/answer records give synthetic pairs), or on unpaired
+        records (prompt/completion/label) the label accuracy (`_label_accuracy`); else {}."""
+        if algorithm is None or algorithm.data not in ("preference", "unpaired"):
+            return {}
+        if record_format(self.sources[split][0]) == "unpaired":
+            return self._label_accuracy(params, ref_params, split)
+        return self._preference_accuracy(params, ref_params, split)
 
     def _check_stop(self) -> None:
         if self.should_stop():
@@ -152,3 +174,74 @@ class Evaluator:
             implicit = margin - np.concatenate(ref_margins)[:n]
             results["preference_accuracy"] = float((implicit > 0).mean())
         return results
+
+    def _label_accuracy(self, params, ref_params, split: str) -> dict:
+        """Unpaired records: label_accuracy, the share of the first eval.num_prompts examples
+        whose implicit reward S_θ(y) − S_ref(y) has their label's sign (> 0 desirable, < 0
+        undesirable; a tie, e.g. the policy still equal to the reference, counts as wrong).
+        {} without a reference."""
+        if ref_params is None:
+            return {}
+        n, batches = self._batches(split, "unpaired")
+        rewards, labels = [], []
+        for batch in batches:
+            self._check_stop()
+            arrays = {k: v for k, v in batch.items() if k.endswith(("_ids", "_mask"))}
+            policy, ref = self._pair_logps(params, arrays)[0], self._pair_logps(ref_params, arrays)[0]
+            rewards.append(sharding.to_host(policy - ref))
+            labels.append(batch["label"])
+        r, good = np.concatenate(rewards)[:n], np.concatenate(labels)[:n] > 0
+        return {"label_accuracy": float(np.where(good, r > 0, r < 0).mean())}
+
+    def _pair_scores_fn(self, params, batch):
+        def scores(ids, mask):
+            return sequence_scores(
+                self.model_config, params, batch["prompt_ids"], batch["prompt_mask"], ids, mask
+            )
+
+        return scores(batch["chosen_ids"], batch["chosen_mask"]), scores(
+            batch["rejected_ids"], batch["rejected_mask"]
+        )
+
+    def _reward_model(self, params, split: str) -> dict:
+        """A reward model on the first eval.num_prompts pairs of `split`: pair_accuracy
+        (r(y_w) > r(y_l), ties wrong), the ECE of P(y_w ≻ y_l) = σ(r_w − r_l)
+        (`calibration_error`), the mean margin and the chosen / rejected score distributions."""
+        n, batches = self._batches(split, "preference")
+        chosen, rejected = [], []
+        for batch in batches:
+            self._check_stop()
+            arrays = {k: v for k, v in batch.items() if k.endswith(("_ids", "_mask"))}
+            c, r = sharding.to_host(self._pair_scores(params, arrays))
+            chosen.append(np.asarray(c, np.float64))
+            rejected.append(np.asarray(r, np.float64))
+        c, r = np.concatenate(chosen)[:n], np.concatenate(rejected)[:n]
+        return {
+            "pair_accuracy": float((c > r).mean()),
+            "calibration_error": calibration_error(c - r),
+            "reward_margin": float((c - r).mean()),
+            "score_chosen_mean": float(c.mean()),
+            "score_rejected_mean": float(r.mean()),
+            "score_std": float(np.concatenate([c, r]).std()),
+        }
+
+
+def calibration_error(margins: np.ndarray, num_bins: int = 10) -> float:
+    """Expected calibration error of a reward model's pairwise probabilities (Guo et al. 2017,
+    arXiv 1706.04599, applied to Bradley–Terry preferences as in Leng et al., arXiv 2410.09724).
+
+    With p = σ(r(y_w) − r(y_l)) (`margins` [N]) the model predicts the side it scores higher
+    with confidence c = max(p, 1 − p), and is right when p > 0.5. The confidences fall into
+    `num_bins` equal bins over [0.5, 1]; ECE = Σ_b (n_b / N) · |accuracy_b − mean confidence_b|.
+    Example: margins [2.0, −1.0] -> p = [0.881, 0.269], c = [0.881, 0.731], right = [1, 0]:
+    bins 7 and 4 -> (|1 − 0.881| + |0 − 0.731|) / 2 = 0.425.
+    """
+    p = 1.0 / (1.0 + np.exp(-np.asarray(margins, np.float64)))
+    confidence, right = np.maximum(p, 1.0 - p), (p > 0.5).astype(np.float64)
+    bins = np.minimum(((confidence - 0.5) * 2 * num_bins).astype(int), num_bins - 1)
+    error = 0.0
+    for b in range(num_bins):
+        inside = bins == b
+        if inside.any():
+            error += inside.mean() * abs(right[inside].mean() - confidence[inside].mean())
+    return float(error)

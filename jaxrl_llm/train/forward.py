@@ -1,5 +1,6 @@
 """Teacher-forced forward passes over (prompt, response) pairs: per-token log-probs, entropy and
-critic values at the response positions, for the trainer's passes and losses."""
+critic values at the response positions, and reward-head scores per sequence, for the trainer's
+passes and losses."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxrl_llm.losses.policy import logprobs_and_entropy
 from jaxrl_llm.models.config import TransformerConfig
-from jaxrl_llm.models.transformer import CausalLM, ValueModel, positions_from_mask
+from jaxrl_llm.models.transformer import CausalLM, RewardModel, ValueModel, positions_from_mask
 from jaxrl_llm.types import ModelOutputs, PreferenceBatch
 
 
@@ -93,30 +94,41 @@ def _rngs(dropout_rng):
     return None if dropout_rng is None else {"dropout": dropout_rng}
 
 
+def sequence_scores(
+    config: TransformerConfig, params, prompt_ids, prompt_mask, response_ids, response_mask, dropout_rng=None
+):
+    """r(x, y): a reward model's scalar head at the last real token of prompt + response
+    (`RewardModel`, the layout of HF `*ForSequenceClassification`). -> [B] float32."""
+    tokens, mask = _concat(prompt_ids, prompt_mask, response_ids, response_mask)
+    return RewardModel(config).apply({"params": params}, tokens, mask, rngs=_rngs(dropout_rng))
+
+
+def _rows(batch):
+    """(prompt_ids, prompt_mask, response_ids, response_mask) of a Rollout, or of a
+    PreferenceBatch's chosen rows then rejected rows ([2B, ...])."""
+    if isinstance(batch, PreferenceBatch):
+        return (
+            jnp.concatenate([batch.prompt_ids, batch.prompt_ids]),
+            jnp.concatenate([batch.prompt_mask, batch.prompt_mask]),
+            jnp.concatenate([batch.chosen_ids, batch.rejected_ids]),
+            jnp.concatenate([batch.chosen_mask, batch.rejected_mask]),
+        )
+    return batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
+
+
 def batch_policy_outputs(
     config, params, batch, temperature: float, dropout_rng=None, group_size: int = 1
 ) -> ModelOutputs:
     """`policy_outputs` for a Rollout (`group_size` as there), or for a PreferenceBatch's chosen
     rows then rejected rows in one forward ([2B, T])."""
-    if isinstance(batch, PreferenceBatch):
-        prompt_ids = jnp.concatenate([batch.prompt_ids, batch.prompt_ids])
-        prompt_mask = jnp.concatenate([batch.prompt_mask, batch.prompt_mask])
-        response_ids = jnp.concatenate([batch.chosen_ids, batch.rejected_ids])
-        response_mask = jnp.concatenate([batch.chosen_mask, batch.rejected_mask])
-        return policy_outputs(
-            config, params, prompt_ids, prompt_mask, response_ids, response_mask, temperature, dropout_rng
-        )
-    return policy_outputs(
-        config,
-        params,
-        batch.prompt_ids,
-        batch.prompt_mask,
-        batch.response_ids,
-        batch.response_mask,
-        temperature,
-        dropout_rng,
-        group_size,
-    )
+    g = 1 if isinstance(batch, PreferenceBatch) else group_size
+    return policy_outputs(config, params, *_rows(batch), temperature, dropout_rng, g)
+
+
+def batch_reward_outputs(config, params, batch, dropout_rng=None) -> ModelOutputs:
+    """ModelOutputs(scores=`sequence_scores`) for a Rollout ([B]) or a PreferenceBatch's chosen
+    rows then rejected rows ([2B]): the forward of algorithms that train a reward model."""
+    return ModelOutputs(scores=sequence_scores(config, params, *_rows(batch), dropout_rng))
 
 
 def loss_mask(batch) -> jax.Array:

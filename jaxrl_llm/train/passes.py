@@ -53,27 +53,75 @@ def critic_pass() -> Pass:
 
 
 def teacher_pass(name: str, temperature: float = 1.0) -> Pass:
-    """extras['teacher_logp/<name>'] [B, T]: per-token log-probs of the auxiliary causal LM
-    `name` on the batch's responses (distillation, RTO-style token rewards)."""
+    """Per-token log-probs of the auxiliary causal LM `name` on the batch's completions:
+    extras['teacher_logp/<name>'] [B, T] on a Rollout's responses (distillation, RTO-style
+    token rewards); on a PreferenceBatch extras['teacher_logp/<name>/chosen'] and
+    ['teacher_logp/<name>/rejected'] [B, T] (TGDPO's token-level reward model, MODPO's
+    implicit margin reward). 0 where the completion's mask is 0."""
 
     def run(ctx, batch):
         model = ctx.aux[name]
-        out = batch_policy_outputs(model.config, model.params, batch, temperature)
-        return batch._replace(extras={**batch.extras, f"teacher_logp/{name}": out.logp})
+        logp = batch_policy_outputs(model.config, model.params, batch, temperature).logp
+        key = f"teacher_logp/{name}"
+        if isinstance(batch, PreferenceBatch):
+            b = batch.chosen_ids.shape[0]
+            new = {f"{key}/chosen": logp[:b], f"{key}/rejected": logp[b:]}
+        else:
+            new = {key: logp}
+        return batch._replace(extras={**batch.extras, **new})
 
-    return Pass(f"teacher/{name}", (f"extras.teacher_logp/{name}",), run, frozenset({f"aux:{name}"}))
+    key = f"extras.teacher_logp/{name}"
+    writes = (key, f"{key}/chosen", f"{key}/rejected")
+    return Pass(f"teacher/{name}", writes, run, frozenset({f"aux:{name}"}))
 
 
 def reward_model_pass(name: str) -> Pass:
-    """extras['rm/<name>'] [B]: the auxiliary reward model `name` scored on every row (for
-    algorithms that read scores beside `rewards`; as a reward source use `config.rewards`)."""
+    """Scores of the auxiliary reward model `name`: extras['rm/<name>'] [B] on every row of a
+    Rollout; on a PreferenceBatch extras['rm/<name>/chosen'] and ['rm/<name>/rejected'] [B]
+    (for algorithms that read scores beside `rewards`, e.g. MODPO's margins; as a reward
+    source use `config.rewards`)."""
 
     def run(ctx, batch):
         model = ctx.aux[name]
-        b = batch
-        score = reward_scores(
-            model, model.params, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask
-        )
-        return batch._replace(extras={**batch.extras, f"rm/{name}": score})
+        b, key = batch, f"rm/{name}"
+        if isinstance(batch, PreferenceBatch):
+            new = {
+                f"{key}/chosen": reward_scores(
+                    model, model.params, b.prompt_ids, b.prompt_mask, b.chosen_ids, b.chosen_mask
+                ),
+                f"{key}/rejected": reward_scores(
+                    model, model.params, b.prompt_ids, b.prompt_mask, b.rejected_ids, b.rejected_mask
+                ),
+            }
+        else:
+            new = {
+                key: reward_scores(
+                    model, model.params, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask
+                )
+            }
+        return batch._replace(extras={**batch.extras, **new})
 
-    return Pass(f"rm/{name}", (f"extras.rm/{name}",), run, frozenset({f"aux:{name}"}))
+    key = f"extras.rm/{name}"
+    return Pass(f"rm/{name}", (key, f"{key}/chosen", f"{key}/rejected"), run, frozenset({f"aux:{name}"}))
+
+
+def aux_model_check(name: str, heads: tuple[str, ...], role: str, reason: str):
+    """A `Pass.check`: the auxiliary model `name` has one of `heads` and the policy's vocabulary
+    (it reads the policy's token ids), checked when the trainer is built. Errors name the config
+    field (aux_models.<name>.head / .checkpoint); `role` names the model ("a distillation
+    teacher"), `reason` says why the tokenizers must agree."""
+
+    def check(model_config, aux):
+        model, field = aux[name], f"aux_models.{name}"
+        if model.head not in heads:
+            raise ValueError(
+                f"config field {field}.head={model.head!r}: {role} needs {' or '.join(map(repr, heads))}"
+            )
+        if model.config.vocab_size != model_config.vocab_size:
+            raise ValueError(
+                f"config field {field}.checkpoint={model.source!r} is {role} with a vocabulary of "
+                f"{model.config.vocab_size} tokens, the policy's (config field model) has "
+                f"{model_config.vocab_size}: {reason}, so both need the same tokenizer"
+            )
+
+    return check

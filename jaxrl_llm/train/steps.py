@@ -19,7 +19,7 @@ from jaxrl_llm import lora, sharding
 from jaxrl_llm.models.config import TransformerConfig
 from jaxrl_llm.models.transformer import remat_compiler_options
 from jaxrl_llm.objectives import NUM_CHOSEN_TOKENS, loss_mask, token_mean
-from jaxrl_llm.train.forward import batch_policy_outputs, critic_values
+from jaxrl_llm.train.forward import batch_policy_outputs, batch_reward_outputs, critic_values
 from jaxrl_llm.train.passes import old_policy_pass
 from jaxrl_llm.types import Algorithm, ModelOutputs, PassContext, PreferenceBatch, Rollout
 
@@ -45,10 +45,16 @@ def reference_params(state: TrainState, model_config: TransformerConfig):
     return state.ref_params
 
 
-def state_shardings(state: TrainState, model_config: TransformerConfig, partitioning: sharding.Partitioning):
-    """NamedShardings of every leaf of `state` (concrete or abstract): the policy, the reference
-    and the critic by their heads' logical axes, optimiser states like their (trainable)
-    parameters where param-shaped, step, RNG and algorithm state replicated."""
+def state_shardings(
+    state: TrainState,
+    model_config: TransformerConfig,
+    partitioning: sharding.Partitioning,
+    head: str = "causal_lm",
+):
+    """NamedShardings of every leaf of `state` (concrete or abstract): the trained model
+    (`head`: the algorithm's, 'causal_lm' for a policy), the reference and the critic by their
+    heads' logical axes, optimiser states like their (trainable) parameters where param-shaped,
+    step, RNG and algorithm state replicated."""
     p = partitioning
 
     def model(params, head):
@@ -62,8 +68,8 @@ def state_shardings(state: TrainState, model_config: TransformerConfig, partitio
 
     return TrainState(
         step=sharding.replicated(state.step, p),
-        params=model(state.params, "causal_lm"),
-        opt_state=optimizer(state.opt_state, state.params, "causal_lm"),
+        params=model(state.params, head),
+        opt_state=optimizer(state.opt_state, state.params, head),
         algo_state=sharding.replicated(state.algo_state, p),
         rng=sharding.replicated(state.rng, p),
         ref_params=model(state.ref_params, "causal_lm"),
@@ -152,6 +158,8 @@ def make_step_fns(
     uses_dropout = model_config.lora is not None and model_config.lora.dropout > 0
 
     def outputs_of(params, batch, dropout_rng=None, grouped: bool = True) -> ModelOutputs:
+        if algorithm.head == "reward":
+            return batch_reward_outputs(model_config, params, batch, dropout_rng)
         g = _shared(batch, group_size) if grouped and isinstance(batch, Rollout) else 1
         return batch_policy_outputs(model_config, params, batch, temperature, dropout_rng, g)
 
@@ -202,7 +210,8 @@ def make_step_fns(
             stats = statistics_of(None, batch, algo_state, outputs) if stats is None else stats
             outputs = outputs._replace(stats=stats)
         loss, metrics = algorithm.objective(outputs, batch, algo_state)
-        metrics = {**metrics, "entropy": token_mean(outputs.entropy, loss_mask(batch), batch)}
+        if outputs.entropy is not None:
+            metrics = {**metrics, "entropy": token_mean(outputs.entropy, loss_mask(batch), batch)}
         return loss, metrics
 
     def critic_loss(trainable, frozen, batch, algo_state, dropout_rng):
@@ -289,7 +298,7 @@ def make_step_fns(
     p = partitioning
 
     def state_of(state):
-        return state_shardings(state, model_config, p)
+        return state_shardings(state, model_config, p, algorithm.head)
 
     def aux_of(aux):
         return {

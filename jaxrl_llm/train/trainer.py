@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from jaxrl_llm import distributed, lora, sharding
 from jaxrl_llm.algorithms import make_algorithm
 from jaxrl_llm.data import pipeline
-from jaxrl_llm.data.sources import make_source
+from jaxrl_llm.data.sources import make_source, record_format
 from jaxrl_llm.models.auxiliary import aux_record, check_aux_record, load_aux_models
 from jaxrl_llm.models.transformer import init_params
 from jaxrl_llm.rewards.models import RewardSources
@@ -40,6 +40,7 @@ from jaxrl_llm.rollout.sampler import SamplingConfig, make_sampler
 from jaxrl_llm.rollout.strategies import PromptBatch, StrategyContext, group_sampling, make_strategy
 from jaxrl_llm.train import builders
 from jaxrl_llm.train.checkpoint import COMMIT_FILE, HOST_STATE_KEY, Checkpointer
+from jaxrl_llm.train.config import base_config
 from jaxrl_llm.train.evaluation import EvaluationInterrupted, Evaluator
 from jaxrl_llm.train.metrics import MetricsWriter, read_metrics, summary_from_metrics
 from jaxrl_llm.train.plots import plot_curves
@@ -383,7 +384,14 @@ class Trainer:
             changed = sorted(
                 k for k in set(flat_saved) | set(flat_now) if flat_saved.get(k) != flat_now.get(k)
             )
-            changed = [k for k in changed if k not in _RESUMABLE_CHANGES]
+            # A field the library added after the run started, at its default, is no change.
+            defaults = _flatten(json.loads(base_config().to_json_best_effort(sort_keys=True)))
+            changed = [
+                k
+                for k in changed
+                if k not in _RESUMABLE_CHANGES
+                and not (k not in flat_saved and k in defaults and flat_now.get(k) == defaults[k])
+            ]
             if changed:
                 raise ValueError(
                     f"workdir {self.workdir!r} holds a run with a different config (fields: "
@@ -393,8 +401,22 @@ class Trainer:
             atomic_write_json(path, current, sort_keys=True)
 
     def _check_data(self) -> None:
-        """Prompts of the training split (up to data.check_records): length, fields, encodability."""
+        """Prompts of the training split (up to data.check_records): length, fields, encodability
+        (records in a preference format, `record_format`: their completions and labels too)."""
         d = self.config.data
+        if record_format(self.sources["train"][0]) != "question":  # prompt/chosen/rejected or .../label
+            kinds = [self.algorithm.data] + (["supervised"] if self.config.sft.steps else [])
+            pipeline.check_preference_records(
+                self.sources["train"],
+                self.tokenizer,
+                kinds,
+                max_prompt_len=d.max_prompt_len,
+                max_target_len=self.config.sampling.max_new_tokens,
+                chat=d.chat,
+                instruction=d.instruction,
+                limit=d.check_records,
+            )
+            return
         pipeline.check_prompt_lengths(
             self.sources["train"],
             self.tokenizer,
@@ -426,6 +448,16 @@ class Trainer:
             )
         if kind == "preference":
             return pipeline.preference_dataset(source, self.tokenizer, max_target_len=T, **common)
+        if kind == "unpaired":  # KTO: (prompt, completion, label) + each row's mismatched KL completion
+            a = self.config.algo
+            return pipeline.unpaired_dataset(
+                source,
+                self.tokenizer,
+                max_target_len=T,
+                desirable_fraction=d.desirable_fraction,
+                class_weights=(a.get("desirable_weight", 1.0), a.get("undesirable_weight", 1.0)),
+                **common,
+            )
         return pipeline.prompt_dataset(source, self.tokenizer, **common)
 
     def _initial_state(self, phase: Phase, params, step: int) -> TrainState:
@@ -438,9 +470,11 @@ class Trainer:
         def optimizer_state(optimizer, params):  # for the trainable half only under LoRA
             return optimizer.init(lora.split_trainable(self.model_config, params)[0])
 
+        if algo.head == "reward" and "score" not in params:  # a reward model from the policy
+            params = _scalar_head_from_policy(self.model_config, params, "reward")
         critic_params = critic_opt = None
         if algo.value_objective is not None:
-            critic_params = _critic_from_policy(self.model_config, params, self.config.seed)
+            critic_params = _scalar_head_from_policy(self.model_config, params, "value")
             critic_opt = optimizer_state(phase.critic_optimizer, critic_params)
         state = TrainState(
             step=jnp.asarray(step, jnp.int32),
@@ -460,7 +494,8 @@ class Trainer:
         if self.partitioning is None:
             return state
         # Placed once; also the template checkpoints are restored into (sharded the same way).
-        return sharding.to_global(state, state_shardings(state, self.model_config, self.partitioning))
+        shardings = state_shardings(state, self.model_config, self.partitioning, algo.head)
+        return sharding.to_global(state, shardings)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -691,11 +726,12 @@ class Trainer:
                 response_ids=batch_np["target_ids"],
                 response_mask=batch_np["target_mask"],
             )
-        else:
+        else:  # pairs; or unpaired (KTO): chosen = the completion, rejected = its KL completion
             batch = PreferenceBatch(
                 **{k: batch_np[k] for k in ("prompt_ids", "prompt_mask", "chosen_ids", "chosen_mask")},
                 rejected_ids=batch_np["rejected_ids"],
                 rejected_mask=batch_np["rejected_mask"],
+                extras={"label": batch_np["label"]} if kind == "unpaired" else None,
             )
         t0 = time.perf_counter()
         g = grouped_layout(batch, self.sampling.num_samples)
@@ -786,7 +822,8 @@ class Trainer:
         stopping rule), or the one before/after a phase (tag) on `eval.split` with pass@k, which
         is also printed and kept in summary.json. Every result is a metrics line (phase 'eval')."""
         # The same parameters as the last 'after' evaluation (pair metrics are new for preference).
-        if tag == "before" and self._last_tagged == step and phase.algorithm.data != "preference":
+        pairs = phase.algorithm.data in ("preference", "unpaired")
+        if tag == "before" and self._last_tagged == step and not pairs:
             return {}
         split = phase.eval_split if tag is None else self.config.eval.split
         sampled = tag is not None or (phase.name != "sft" and self.config.eval.periodic_pass_k)
@@ -821,6 +858,7 @@ class Trainer:
                     ("eval", f"{e.split}/pass_at_{e.pass_k}"),
                     ("eval", f"{self.config.sft.eval_split}/greedy_accuracy"),
                     ("eval", f"{e.split}/preference_accuracy"),
+                    ("eval", f"{e.split}/pair_accuracy"),
                 ],
             ),
         ]
@@ -861,10 +899,12 @@ def _strategy_state(host_state: dict | None) -> dict | None:
     return {k[len(_STRATEGY) :]: v for k, v in host_state.items() if k.startswith(_STRATEGY)}
 
 
-def _critic_from_policy(model_config, policy_params, seed: int):
-    """Critic = the policy's trunk + a zero-initialised value head (V = 0 at the start)."""
-    params = init_params(model_config, jax.random.PRNGKey(seed + 7), head="value")
-    return {"trunk": jax.tree.map(jnp.copy, policy_params["trunk"]), "score": jnp.zeros_like(params["score"])}
+def _scalar_head_from_policy(model_config, policy_params, head: str):
+    """A critic (head 'value') or a reward model (head 'reward') started from the policy: its
+    trunk (copied) + a zero-initialised scalar head, so V = 0 / r = 0 at the start."""
+    score = jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0), head))["score"]
+    trunk = jax.tree.map(jnp.copy, policy_params["trunk"])
+    return {"trunk": trunk, "score": jnp.zeros(score.shape, score.dtype)}
 
 
 def _flatten(tree, prefix=""):

@@ -89,6 +89,12 @@ def validate_config(config, algorithm: Algorithm) -> None:
     _positive_int(config, "eval.pass_k", allow_zero=True)  # 0: greedy accuracy only
     _positive_int(config, "eval.every", allow_zero=True)
     _optimizer(config, "optimizer", None)
+    if algorithm.data == "unpaired" and t.batch_size < 2:
+        raise ConfigError(
+            f"config field train.batch_size={t.batch_size!r} is too small for algorithm {config.algo.name!r} "
+            "(unpaired data, KTO): its reference point pairs each prompt with another row's completion, "
+            "so a batch needs >= 2 examples; set --config.train.batch_size=2 or more"
+        )
     if algorithm.value_objective is not None:
         _optimizer(config, "critic.optimizer", config.critic.optimizer)
     if config.sft.steps:

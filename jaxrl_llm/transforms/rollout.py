@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl_llm.losses.policy import kl_estimate
-from jaxrl_llm.objectives import loss_mask
+from jaxrl_llm.objectives import PAIR_WEIGHT, loss_mask
 from jaxrl_llm.transforms import estimators
-from jaxrl_llm.types import Rollout, RolloutTransform, add_metrics
+from jaxrl_llm.types import PreferenceBatch, Rollout, RolloutTransform, add_metrics
 
 Array = jax.Array
 
@@ -414,5 +414,75 @@ def pf_ppo_filter(method: str = "pow", weight_pow: float = 2.0, seed: int = 0) -
             reward_mean = jnp.mean(r.rewards)
         r = add_metrics(r, **{"pf_ppo/kept_fraction": jnp.mean(keep), "pf_ppo/reward_mean": reward_mean})
         return r, count + 1
+
+    return RolloutTransform(init=lambda: jnp.zeros((), jnp.int32), update=update)
+
+
+PAIR_CHOICES = ("max_min", "max_random")
+
+
+def preference_pairs(
+    group_size: int, choose: str = "max_min", missing_eos_penalty: float = 0.0, seed: int = 0
+):
+    """Online preference pairs from a group-sampled Rollout (online / iterative DPO): each
+    group of `group_size` consecutive rows (group_sampling's layout, rows b·G .. b·G + G − 1)
+    becomes one pair of a `PreferenceBatch`, ranked by `rewards` (a verifier or a reward model,
+    as configured in `config.rewards`).
+
+    score_i = reward_i − missing_eos_penalty · [row i did not finish] (TRL OnlineDPO's penalty
+    for completions without EOS); 'max_min' (RLHFlow's iterative DPO, `choose_type=max_min`;
+    with G = 2 it is TRL OnlineDPO's pair): y_w = the highest score, y_l = the lowest;
+    'max_random': y_l uniform among the other rows. Ties (every score equal): the pair gets
+    `extras['pair_weight']` 0 (no gradient), otherwise 1; the first row is y_w and the next y_l.
+    The reference log-probs (`logp_ref`, from the reference pass over the Rollout) come along.
+
+    [B·G] rows -> B pairs. Metrics: pairs/tie_fraction, pairs/score_margin (mean over pairs
+    of score_w − score_l). State: a draw counter for 'max_random' (fold_in(PRNGKey(seed), n)).
+    Example: G = 4, scores [0.3, 1.2, −0.4, 0.9] -> 'max_min' picks rows (1, 2).
+    """
+    if choose not in PAIR_CHOICES:
+        raise ValueError(f"preference_pairs: choose={choose!r}; expected one of {PAIR_CHOICES}")
+    if group_size < 2:
+        raise ValueError(f"preference_pairs: group_size={group_size}; a pair needs two samples per prompt")
+
+    def update(r: Rollout, count):
+        _require(r, "preference_pairs", "rewards", "logp_ref")
+        g = group_size
+        n = r.rewards.shape[0] // g
+        scores = r.rewards.astype(jnp.float32)
+        if missing_eos_penalty:
+            finished = r.extras["finished"].astype(jnp.float32)
+            scores = scores - missing_eos_penalty * (1.0 - finished)
+        scores = scores.reshape(n, g)
+        best = jnp.argmax(scores, axis=1)
+        if choose == "max_min":
+            worst = jnp.argmin(scores, axis=1)
+        else:
+            key = jax.random.fold_in(jax.random.PRNGKey(seed), count)
+            worst = (best + jax.random.randint(key, (n,), 1, g)) % g
+        tie = jnp.max(scores, axis=1) == jnp.min(scores, axis=1)
+        worst = jnp.where(tie, (best + 1) % g, worst)
+        c, j = jnp.arange(n) * g + best, jnp.arange(n) * g + worst
+        weight = 1.0 - tie.astype(jnp.float32)
+        margin = (
+            jnp.take_along_axis(scores, best[:, None], 1)[:, 0]
+            - jnp.take_along_axis(scores, worst[:, None], 1)[:, 0]
+        )
+        batch = PreferenceBatch(
+            r.prompt_ids[c],
+            r.prompt_mask[c],
+            r.response_ids[c],
+            r.response_mask[c],
+            r.response_ids[j],
+            r.response_mask[j],
+            ref_chosen_logps=r.logp_ref[c],
+            ref_rejected_logps=r.logp_ref[j],
+            extras={PAIR_WEIGHT: weight},
+            metrics=dict(r.metrics),
+        )
+        batch = add_metrics(
+            batch, **{"pairs/tie_fraction": jnp.mean(tie), "pairs/score_margin": jnp.mean(margin)}
+        )
+        return batch, count + 1
 
     return RolloutTransform(init=lambda: jnp.zeros((), jnp.int32), update=update)
