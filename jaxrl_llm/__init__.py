@@ -36,9 +36,9 @@ from jaxrl_llm.algorithms.dpo import (
 from jaxrl_llm.algorithms.grpo import copo, dr_grpo, gpg, grpo, grpo_lambda, ngrpo
 from jaxrl_llm.algorithms.gspo import gmpo, gspo, gspo_token
 from jaxrl_llm.algorithms.kto import kto
+from jaxrl_llm.algorithms.online import online_dpo, superhf
 from jaxrl_llm.algorithms.ppo import p3o, pf_ppo, ppo, ppo_max
 from jaxrl_llm.algorithms.reinforce import asymre, opmd, reinforce_pp, reinforce_pp_baseline, remax, rloo
-from jaxrl_llm.algorithms.online import online_dpo
 from jaxrl_llm.algorithms.reward_model import reward_model
 from jaxrl_llm.algorithms.sft import sft
 from jaxrl_llm.data.pipeline import (
@@ -60,6 +60,7 @@ from jaxrl_llm.losses import (
     clipped_value_loss,
     dpo_loss,
     entropy_from_logits,
+    full_kl,
     kl_estimate,
     log_odds,
     logprobs_and_entropy,
@@ -212,6 +213,7 @@ from jaxrl_llm.transforms.rollout import (
     remax_advantages,
     reward_to_tokens,
     rloo_advantages,
+    top_k_completions,
     valid_group_scale,
     whiten_advantages,
 )
@@ -398,6 +400,9 @@ __all__ = [
     "RewardModel",
     "reward_model",
     "online_dpo",
+    "superhf",
+    "top_k_completions",
+    "full_kl",
     "preference_pairs",
     "bradley_terry_loss",
     "rewards_vary",

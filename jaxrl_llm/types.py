@@ -149,6 +149,8 @@ class ModelOutputs(NamedTuple):
     scores: [N] one scalar per row from the trained model's reward head (algorithms with
       `head='reward'`: a reward model; for a `PreferenceBatch` the chosen rows, then the
       rejected rows, [2B]), else None. logp and entropy are then None.
+    kl: [B, T] the exact KL between the full next-token distributions of the policy and the
+      frozen reference at every response position (algorithms with `full_kl` set), else None.
     """
 
     logp: Array | None = None
@@ -156,6 +158,7 @@ class ModelOutputs(NamedTuple):
     values: Array | None = None
     stats: dict | None = None
     scores: Array | None = None
+    kl: Array | None = None
 
 
 Batch = Rollout | PreferenceBatch
@@ -290,6 +293,11 @@ class Algorithm(NamedTuple):
       trunk with a zero-initialised score head; its checkpoints hold the reward model, which
       `save_checkpoint(..., head='reward')` exports as `*ForSequenceClassification` and
       `config.aux_models` loads from its step directory with head 'reward'.
+    full_kl: None, 'forward' or 'reverse': the update's forward also runs the frozen reference
+      (no gradient) at the same positions and gives the objective `outputs.kl` [B, T], the
+      exact KL over the whole vocabulary, 'forward' KL(π_ref ‖ π_θ) (SuperHF) or 'reverse'
+      KL(π_θ ‖ π_ref), instead of a sampled-token estimate. One reference forward per
+      micro-batch update; the trainer holds the reference.
     """
 
     data: str
@@ -302,7 +310,10 @@ class Algorithm(NamedTuple):
     statistics: Callable[[Any, Any, Any], dict] | None = None
     post_update: Callable[[Any, dict], Any] | None = None
     head: str = "causal_lm"
+    full_kl: str | None = None
 
     def needs(self) -> frozenset:
-        """Union of the passes' needs ('reference', 'critic', 'aux:<name>')."""
-        return frozenset().union(*(p.needs for p in self.passes))
+        """Union of the passes' needs ('reference', 'critic', 'aux:<name>'), and 'reference'
+        with `full_kl`."""
+        needs = frozenset().union(*(p.needs for p in self.passes))
+        return needs | {"reference"} if self.full_kl else needs

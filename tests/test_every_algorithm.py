@@ -189,6 +189,7 @@ def _finite_update(update, recorder, has_critic, state, batch) -> dict:
         rng=jax.random.PRNGKey(0),
         critic_params=jax.tree.map(jnp.copy, state.critic_params) if has_critic else None,
         critic_opt_state=recorder.init(state.critic_params) if has_critic else None,
+        ref_params=None if state.ref_params is None else jax.tree.map(jnp.copy, state.ref_params),
     )
     rows = jnp.arange(batch.prompt_ids.shape[0])
     new, metrics, finite = update(train_state, batch, rows)

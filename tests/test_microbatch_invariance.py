@@ -179,6 +179,7 @@ def check_prepared(trainer, state, batch):
         moved(state.params),
         batch,
         critic_params=None if state.critic_params is None else moved(state.critic_params, seed=1),
+        ref_params=state.ref_params,
         algo_state=state.algo_state,
         microbatches=MICROBATCHES,
         temperature=trainer.sampling.temperature,

@@ -17,6 +17,7 @@ from test_preference_family import pairs
 
 import jaxrl_llm as jrl
 from jaxrl_llm.algorithms import make_algorithm
+from jaxrl_llm.losses.policy import full_kl
 from jaxrl_llm.losses.preference import (
     apo_reference_logratio,
     brain_surrogate,
@@ -279,16 +280,17 @@ def test_superhf_filter_and_kl_goldens():
     np.testing.assert_array_equal(keep, [[False, True, True], [False, True, True]])
     # Spec §15: π_θ [[0.7, 0.3], [0.5, 0.5]], π_ref uniform -> mean KL 0.043588; CE 1 + 0.35·KL = 1.015256.
     policy, ref = jnp.log(jnp.array([[0.7, 0.3], [0.5, 0.5]])), jnp.log(jnp.full((2, 2), 0.5))
-    kl = superhf_kl(policy, ref, jnp.ones(2))
+    kl = superhf_kl(full_kl(ref, policy), jnp.ones(2))
     np.testing.assert_allclose(kl, 0.043588, atol=1e-6)
     np.testing.assert_allclose(1.0 + 0.35 * kl, 1.015256, atol=1e-6)
     # By hand: the masked token does not count: [[0.7, 0.3], pad] -> 0.5 log(0.5/0.7) + 0.5 log(0.5/0.3).
     by_hand = 0.5 * math.log(0.5 / 0.7) + 0.5 * math.log(0.5 / 0.3)
-    np.testing.assert_allclose(superhf_kl(policy, ref, jnp.array([1, 0])), by_hand, atol=1e-6)
-    np.testing.assert_allclose(superhf_kl(ref, ref, jnp.ones(2)), 0.0, atol=1e-7)
+    np.testing.assert_allclose(superhf_kl(full_kl(ref, policy), jnp.array([1, 0])), by_hand, atol=1e-6)
+    np.testing.assert_allclose(superhf_kl(full_kl(ref, ref), jnp.ones(2)), 0.0, atol=1e-7)
+    np.testing.assert_allclose(full_kl(ref[0], policy[0]), by_hand, atol=1e-6)  # full_kl's example
     for s in EXTREMES:  # log-softmax of logits ±1e3 on both sides
         logits = jnp.array([[s, -s], [0.0, s]])
-        fn = lambda a, b: superhf_kl(jax.nn.log_softmax(a), jax.nn.log_softmax(b), jnp.ones(2))  # noqa: E731
+        fn = lambda a, b: superhf_kl(full_kl(b, a), jnp.ones(2))  # noqa: E731
         assert_finite_with_gradients(fn, logits, -logits)
 
 

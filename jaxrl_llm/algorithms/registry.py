@@ -71,6 +71,12 @@ def check_algorithm(algorithm: Algorithm, name: str) -> None:
         )
     if algorithm.head not in _HEADS:
         raise ValueError(f"algorithm {name!r}: head={algorithm.head!r}; expected one of {_HEADS}")
+    if algorithm.full_kl not in (None, "forward", "reverse") or (
+        algorithm.full_kl and algorithm.head != "causal_lm"
+    ):
+        raise ValueError(
+            f"algorithm {name!r}: full_kl={algorithm.full_kl!r}; expected None, 'forward' or 'reverse' (a policy's KL)"
+        )
     if algorithm.head == "reward" and (
         algorithm.data != "preference" or algorithm.value_objective is not None
     ):

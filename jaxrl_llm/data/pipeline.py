@@ -731,37 +731,44 @@ def render_prompt(prompt, tokenizer, chat: bool, instruction: str, index: int) -
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
 
 
+def preference_parts(record, fmt: str, index: int) -> tuple[str | list[dict], dict]:
+    """(prompt, fields) of one record of TRL's preference formats, every field checked; needs
+    no tokenizer (the prompt is not rendered yet: a text or a message list):
+    fmt 'pairs' -> fields {"chosen", "rejected"} (texts; chosen and rejected must hold the same
+    prompt), 'unpaired' -> {"completion": text, "label": 1.0 | 0.0}.
+    Raises DatasetFieldError naming the record (index) and what is wrong with it."""
+    if not isinstance(record, dict):
+        raise DatasetFieldError(f"record {index} is not a JSON object: {str(record)[:200]!r}; {_FIX}")
+    if fmt == "pairs":
+        prompt, chosen = conversation_parts(record, "chosen", index)
+        other, rejected = conversation_parts(record, "rejected", index)
+        if other != prompt:
+            raise DatasetFieldError(
+                f"record {index}: 'chosen' and 'rejected' hold different prompts ({str(prompt)[:100]!r} vs "
+                f"{str(other)[:100]!r}); a pair shares one prompt; {_FIX}"
+            )
+        return prompt, {"chosen": chosen, "rejected": rejected}
+    prompt, completion = conversation_parts(record, "completion", index)
+    if "label" not in record:
+        raise DatasetFieldError(
+            f"record {index} has no field 'label' (true: desirable, false: undesirable); its fields "
+            f"are {sorted(record)}; {_FIX}"
+        )
+    return prompt, {"completion": completion, "label": parse_label(record["label"], index)}
+
+
 def preference_records(
     source, tokenizer, fmt: str, *, chat: bool = False, instruction: str = "", indices=None
 ) -> list[dict]:
-    """Records of TRL's preference formats normalised to texts, every field checked:
-    fmt 'pairs' -> [{"prompt", "chosen", "rejected"}] (chosen and rejected must hold the same
-    prompt), 'unpaired' -> [{"prompt", "completion", "label": 1.0 | 0.0}]. "prompt" is the
-    rendered prompt text (`render_prompt`). indices: which records (default all).
+    """Records of TRL's preference formats normalised to texts, every field checked
+    (`preference_parts`): fmt 'pairs' -> [{"prompt", "chosen", "rejected"}], 'unpaired' ->
+    [{"prompt", "completion", "label": 1.0 | 0.0}]. "prompt" is the rendered prompt text
+    (`render_prompt`). indices: which records (default all).
     Raises DatasetFieldError naming the first malformed record."""
     out = []
     for i in range(len(source)) if indices is None else indices:
-        record = source[i]
-        if not isinstance(record, dict):
-            raise DatasetFieldError(f"record {i} is not a JSON object: {str(record)[:200]!r}; {_FIX}")
-        if fmt == "pairs":
-            prompt, chosen = conversation_parts(record, "chosen", i)
-            other, rejected = conversation_parts(record, "rejected", i)
-            if other != prompt:
-                raise DatasetFieldError(
-                    f"record {i}: 'chosen' and 'rejected' hold different prompts ({str(prompt)[:100]!r} vs "
-                    f"{str(other)[:100]!r}); a pair shares one prompt; {_FIX}"
-                )
-            texts = {"chosen": chosen, "rejected": rejected}
-        else:
-            prompt, completion = conversation_parts(record, "completion", i)
-            if "label" not in record:
-                raise DatasetFieldError(
-                    f"record {i} has no field 'label' (true: desirable, false: undesirable); its fields "
-                    f"are {sorted(record)}; {_FIX}"
-                )
-            texts = {"completion": completion, "label": parse_label(record["label"], i)}
-        out.append({"prompt": render_prompt(prompt, tokenizer, chat, instruction, i), **texts})
+        prompt, fields = preference_parts(source[i], fmt, i)
+        out.append({"prompt": render_prompt(prompt, tokenizer, chat, instruction, i), **fields})
     return out
 
 

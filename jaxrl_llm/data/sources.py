@@ -10,6 +10,8 @@
   * 'gsm8k': TFDS's own `gsm8k` builder (downloads from GitHub on first use; offline, seed its
     download cache with `cache_gsm8k_files`);
   * 'jsonl': local JSON-lines files, one record per line, e.g. GSM8K's own files;
+  * 'preference_tfds': local JSON-lines files of preference records (below) converted once into
+    the TFDS builder `jaxrl_preference` (jaxrl_llm/data/preference.py), then read by random access;
   * 'code': a synthetic code task in memory (jaxrl_llm/data/code.py; answers are unit tests).
 
 JSON-lines records may instead hold preference data in TRL's formats (`record_format`):
@@ -203,7 +205,8 @@ def read_jsonl(path: str) -> list[dict]:
     return records
 
 
-def _jsonl_source(config, split: str) -> list[dict]:
+def jsonl_path(config, split: str) -> str:
+    """The JSON-lines file of `split`: data.path with '{split}' replaced, checked to exist."""
     pattern = getattr(config, "path", "")
     if "{split}" not in pattern:
         raise ValueError(
@@ -216,7 +219,27 @@ def _jsonl_source(config, split: str) -> list[dict]:
             f"no file for split {split!r}: {path} does not exist (from --config.data.path={pattern!r}); "
             "write the split there or point data.path at the right files"
         )
-    return read_jsonl(path)
+    return path
+
+
+def _jsonl_source(config, split: str) -> list[dict]:
+    return read_jsonl(jsonl_path(config, split))
+
+
+def _preference_source(config, split: str):
+    """The 'preference_tfds' source: every split of data.splits (default: `split` alone) from
+    data.path's files, prepared as one `jaxrl_preference` dataset in data.data_dir."""
+    from jaxrl_llm.data.preference import prepare_preference, preference_split
+
+    base = split.split("[")[0]
+    splits = list(dict.fromkeys(s.split("[")[0] for s in getattr(config, "splits", None) or (base,)))
+    if base not in splits:
+        raise ValueError(
+            f"split {split!r} is not one of data.splits={tuple(splits)}: the 'preference_tfds' dataset "
+            "holds the splits of data.splits; add it there"
+        )
+    files = {s: jsonl_path(config, s) for s in splits}
+    return preference_split(prepare_preference(files, getattr(config, "data_dir", "")), split)
 
 
 def _code_source(config, split: str) -> list[dict]:
@@ -231,6 +254,7 @@ SOURCES = {
     "countdown": _countdown_source,
     "gsm8k": _gsm8k_source,
     "jsonl": _jsonl_source,
+    "preference_tfds": _preference_source,
 }
 
 
@@ -273,10 +297,18 @@ def train_subset(source, data_config):
 def make_source(data_config, split: str) -> Sequence[dict]:
     """The records of one split, random access: `len(source)`, `source[i]` -> dict of str.
 
-    data_config fields: name ('arithmetic' | 'code' | 'countdown' | 'gsm8k' | 'jsonl'), builder_config
-    (arithmetic config, default 'add3_fixed'; countdown config, default 'n3'), data_dir (TFDS data
-    dir, '' = default), path (jsonl: contains '{split}'), question_field, answer_field,
-    train_offset / train_records (a slice of the training split, `train_subset`). The fields
+    data_config fields: name ('arithmetic' | 'code' | 'countdown' | 'gsm8k' | 'jsonl' |
+    'preference_tfds'), builder_config (arithmetic config, default 'add3_fixed'; countdown config,
+    default 'n3'), data_dir (TFDS data dir, '' = default), path (jsonl and preference_tfds:
+    contains '{split}'), splits (preference_tfds: the splits prepared together, every one needs
+    its file), question_field, answer_field, train_offset / train_records (a slice of the
+    training split, `train_subset`).
+
+    'preference_tfds' converts the JSON-lines files of preference records (prompt/chosen/rejected
+    pairs or prompt/completion/label examples, texts or chat-message lists) once into the TFDS
+    dataset `jaxrl_preference` (array_record in data_dir; prepared anew when a file changes),
+    checking every record, and reads it by random access; its records equal the 'jsonl' source's
+    for the same files (jaxrl_llm/data/preference.py). The fields
     of the first record are checked here (question and answer; preference records, see
     `record_format`, are checked by the pipeline that reads them).
     """

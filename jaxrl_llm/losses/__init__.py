@@ -4,6 +4,7 @@ from jaxrl_llm.losses.aggregation import AGGREGATION_MODES, aggregate
 from jaxrl_llm.losses.policy import (
     KL_ESTIMATORS,
     entropy_from_logits,
+    full_kl,
     kl_estimate,
     logprobs_and_entropy,
     ppo_clip_loss,
@@ -49,6 +50,7 @@ __all__ = [
     "clipped_value_loss",
     "dpo_loss",
     "entropy_from_logits",
+    "full_kl",
     "gao_fit",
     "idealised_ranking_accuracy",
     "kl_budget",

@@ -147,6 +147,20 @@ def token_logprobs_from_logits(logits: Array, tokens: Array, temperature: float 
     return chosen - lse
 
 
+def full_kl(logits_p: Array, logits_q: Array, temperature: float = 1.0) -> Array:
+    """KL(p ‖ q) between the full next-token distributions p = softmax(logits_p/τ) and
+    q = softmax(logits_q/τ) at every position. [..., V] x2 -> [...].
+
+        KL_t = Σ_v p_v (log p_v − log q_v)
+
+    Exact over the vocabulary (no sampled estimate); log-probs are valid logits.
+    Example: p = [0.5, 0.5], q = [0.7, 0.3] -> 0.5 log(0.5/0.7) + 0.5 log(0.5/0.3) = 0.087176.
+    """
+    log_p = jax.nn.log_softmax(jnp.asarray(logits_p, jnp.float32) / temperature, axis=-1)
+    log_q = jax.nn.log_softmax(jnp.asarray(logits_q, jnp.float32) / temperature, axis=-1)
+    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
 def logprobs_and_entropy(logits: Array, tokens: Array, temperature: float = 1.0) -> tuple[Array, Array]:
     """Token log-probs and entropies of softmax(logits/τ), sharing one logsumexp. -> ([B, T], [B, T]).
 

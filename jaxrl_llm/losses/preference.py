@@ -402,33 +402,41 @@ def superhf_top_k(scores: Array, top_k: int = 1, valid: Array | None = None) -> 
 
     Example: scores [0.1, 0.9, 0.5], top_k 1 -> [False, True, False].
     """
-    scores = jnp.asarray(scores, jnp.float32)
-    valid = jnp.ones(scores.shape, bool) if valid is None else jnp.asarray(valid, bool)
-    _, index = jax.lax.top_k(jnp.where(valid, scores, -jnp.inf), top_k)
-    keep = jnp.sum(jax.nn.one_hot(index, scores.shape[-1]), axis=-2) > 0
+    valid = jnp.ones(jnp.shape(scores), bool) if valid is None else jnp.asarray(valid, bool)
+    index = top_k_indices(scores, top_k, valid)
+    keep = jnp.sum(jax.nn.one_hot(index, jnp.shape(scores)[-1]), axis=-2) > 0
     return keep & valid
 
 
-def superhf_kl(policy_logprobs: Array, ref_logprobs: Array, mask: Array) -> Array:
+def top_k_indices(scores: Array, top_k: int, valid: Array | None = None) -> Array:
+    """Indices of the top_k highest scores on the last axis, invalid entries last (ranked
+    below every valid one; still returned when fewer than top_k are valid, so the shape is
+    static). Ties: the lower index first. [..., n] -> [..., top_k] int32."""
+    scores = jnp.asarray(scores, jnp.float32)
+    if valid is not None:
+        scores = jnp.where(jnp.asarray(valid, bool), scores, -jnp.inf)
+    return jax.lax.top_k(scores, top_k)[1]
+
+
+def superhf_kl(token_kl: Array, mask: Array) -> Array:
     """SuperHF's KL term per completion: the forward KL(π_ref ‖ π_θ) of the full next-token
-    distributions, averaged over the completion's tokens and clamped at 0 (official
-    `src/superhf/training.py`: torch KLDivLoss(input=log π_θ, target=log π_ref,
-    log_target=True, reduction='batchmean'); π_ref the base model, LoRA adapters off).
-    Log-softmax arrays [..., T, V] x2, mask [..., T] -> [...].
+    distributions (`full_kl(ref_logits, policy_logits)`, [..., T]), averaged over the
+    completion's tokens and clamped at 0 (official `src/superhf/training.py`: torch
+    KLDivLoss(input=log π_θ, target=log π_ref, log_target=True); π_ref the base model, LoRA
+    adapters off). [..., T], mask [..., T] -> [...].
 
         KL_t = Σ_v π_ref(v)·(log π_ref(v) − log π_θ(v)),    kl = max(0, Σ_t m_t KL_t / Σ_t m_t)
 
-    The loss is CE(kept completions) + c_KL·kl summed over the kept completions (c_KL 0.35 in
-    `default.yaml`).
+    The loss is CE(kept completions) + c_KL·kl over the kept completions (c_KL 0.35 in
+    `default.yaml`; `superhf`).
 
     Example (spec §15): π_θ [[0.7, 0.3], [0.5, 0.5]], π_ref uniform -> kl = 0.043588; with CE 1.0,
     c_KL 0.35: 1.015256.
     """
-    policy = jnp.asarray(policy_logprobs, jnp.float32)
-    ref = jax.lax.stop_gradient(jnp.asarray(ref_logprobs, jnp.float32))
-    per_token = jnp.sum(jnp.exp(ref) * (ref - policy), axis=-1)
     mask = jnp.asarray(mask, jnp.float32)
-    mean = jnp.sum(per_token * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+    mean = jnp.sum(jnp.asarray(token_kl, jnp.float32) * mask, axis=-1) / jnp.maximum(
+        jnp.sum(mask, axis=-1), 1.0
+    )
     return jnp.maximum(mean, 0.0)
 
 

@@ -43,6 +43,15 @@ def algo_config(name: str, **overrides) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(fields)
 
 
+def reward_model_source(c: ml_collections.ConfigDict, name: str = "rm") -> ml_collections.ConfigDict:
+    """`c` rewarded by the auxiliary reward model `name` alone (its checkpoint still to be set:
+    `--config.aux_models.rm.checkpoint=<HF dir or a reward_model run's checkpoints/main/<step>>`),
+    with the exact-match verifier logged at weight 0 (reward/exact_match: the gold reward)."""
+    c.aux_models = ml_collections.ConfigDict({name: {"checkpoint": "", "head": "reward"}})
+    c.rewards = ml_collections.ConfigDict({name: 1.0, "exact_match": 0.0})
+    return c
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.job = "train"

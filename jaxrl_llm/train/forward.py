@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxrl_llm.losses.policy import logprobs_and_entropy
+from jaxrl_llm.losses.policy import full_kl, logprobs_and_entropy
 from jaxrl_llm.models.config import TransformerConfig
 from jaxrl_llm.models.transformer import CausalLM, RewardModel, ValueModel, positions_from_mask
 from jaxrl_llm.types import ModelOutputs, PreferenceBatch
@@ -29,6 +29,8 @@ def policy_outputs(
     temperature: float,
     dropout_rng=None,
     group_size: int = 1,
+    kl_params=None,
+    kl_direction: str = "forward",
 ) -> ModelOutputs:
     """log pi(y_t | x, y_<t) and the entropy of pi(. | x, y_<t) at every response position.
 
@@ -42,6 +44,10 @@ def policy_outputs(
     once per group and the G responses attend to its keys/values (`Transformer.grouped`): the
     same log-probs and gradients up to float rounding, with (G - 1) / G of the prompt tokens'
     compute removed. The response's last token feeds no prediction and is not run at all.
+
+    kl_params: another model of the same shape (the frozen reference), run at the same
+    positions without gradient: `kl` [B, T] is then the exact KL between the full next-token
+    distributions (`full_kl`), 'forward' KL(π_other ‖ π) or 'reverse' KL(π ‖ π_other).
     """
     p, t = prompt_ids.shape[1], response_ids.shape[1]
     model = CausalLM(config)
@@ -64,8 +70,9 @@ def policy_outputs(
                 hidden = jnp.concatenate([last, hidden], axis=1)
             return module.logits(hidden)
 
-        args = (prompts, prompts_mask, response_ids, response_mask)
-        logits = model.apply({"params": params}, *args, method=grouped, rngs=_rngs(dropout_rng))
+        def logits_of(params, rng):
+            args = (prompts, prompts_mask, response_ids, response_mask)
+            return model.apply({"params": params}, *args, method=grouped, rngs=_rngs(rng))
     else:
         tokens, mask = _concat(prompt_ids, prompt_mask, response_ids, response_mask)
 
@@ -73,10 +80,18 @@ def policy_outputs(
             hidden, _ = module.trunk(tokens, positions_from_mask(mask), mask)
             return module.logits(hidden[:, p - 1 : p + t - 1])
 
-        logits = model.apply({"params": params}, tokens, mask, method=forward, rngs=_rngs(dropout_rng))
-    logp, entropy = logprobs_and_entropy(logits, response_ids, temperature if temperature > 0 else 1.0)
+        def logits_of(params, rng):
+            return model.apply({"params": params}, tokens, mask, method=forward, rngs=_rngs(rng))
+
+    logits = logits_of(params, dropout_rng)
+    tau = temperature if temperature > 0 else 1.0
+    logp, entropy = logprobs_and_entropy(logits, response_ids, tau)
     m = response_mask.astype(jnp.float32)
-    return ModelOutputs(logp=logp * m, entropy=entropy * m)
+    kl = None
+    if kl_params is not None:
+        other = jax.lax.stop_gradient(logits_of(kl_params, None))
+        kl = (full_kl(other, logits, tau) if kl_direction == "forward" else full_kl(logits, other, tau)) * m
+    return ModelOutputs(logp=logp * m, entropy=entropy * m, kl=kl)
 
 
 def critic_values(
@@ -117,12 +132,19 @@ def _rows(batch):
 
 
 def batch_policy_outputs(
-    config, params, batch, temperature: float, dropout_rng=None, group_size: int = 1
+    config,
+    params,
+    batch,
+    temperature: float,
+    dropout_rng=None,
+    group_size: int = 1,
+    kl_params=None,
+    kl_direction: str = "forward",
 ) -> ModelOutputs:
     """`policy_outputs` for a Rollout (`group_size` as there), or for a PreferenceBatch's chosen
-    rows then rejected rows in one forward ([2B, T])."""
+    rows then rejected rows in one forward ([2B, T]); `kl_params` as there."""
     g = 1 if isinstance(batch, PreferenceBatch) else group_size
-    return policy_outputs(config, params, *_rows(batch), temperature, dropout_rng, g)
+    return policy_outputs(config, params, *_rows(batch), temperature, dropout_rng, g, kl_params, kl_direction)
 
 
 def batch_reward_outputs(config, params, batch, dropout_rng=None) -> ModelOutputs:

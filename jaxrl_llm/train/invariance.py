@@ -54,7 +54,16 @@ def gradient_recorder() -> optax.GradientTransformation:
 
 
 def _update_outputs(
-    algorithm, model_config, params, critic_params, batch, algo_state, microbatches, temperature, options
+    algorithm,
+    model_config,
+    params,
+    critic_params,
+    ref_params,
+    batch,
+    algo_state,
+    microbatches,
+    temperature,
+    options,
 ) -> tuple[dict, Any, Any]:
     """(metrics, policy gradient, critic gradient) of one trainer `update` on every row of `batch`."""
     recorder = gradient_recorder()
@@ -82,6 +91,7 @@ def _update_outputs(
         rng=jax.random.PRNGKey(0),
         critic_params=copy(critic_params) if has_critic else None,
         critic_opt_state=opt_state(critic_params) if has_critic else None,
+        ref_params=None if ref_params is None else copy(ref_params),
     )
     rows = jnp.arange(batch.prompt_ids.shape[0])
     if options:  # the same program, compiled with other XLA options (added to the trainer's)
@@ -134,6 +144,7 @@ def check_microbatch_invariance(
     batch,
     *,
     critic_params=None,
+    ref_params=None,
     algo_state=None,
     microbatches: int = 4,
     rtol: float = 1e-5,
@@ -148,7 +159,8 @@ def check_microbatch_invariance(
     (gradients: per parameter leaf, in norm), with both values and their ratio.
 
     algorithm: an `Algorithm`, or a registered name (built with its defaults).
-    params: the policy's params; `critic_params`: the critic's (needed with a value objective).
+    params: the policy's params; `critic_params`: the critic's (needed with a value objective);
+      `ref_params`: the frozen reference's (needed with `Algorithm.full_kl`).
     batch: a Rollout / PreferenceBatch as `update` gets it, i.e. after `prepare` (passes and
       transform), with rows divisible by `microbatches`; `algo_state`: the state `prepare`
       returned (default `algorithm.transform.init()`).
@@ -184,13 +196,15 @@ def check_microbatch_invariance(
         raise ValueError("adapter dropout draws other masks per micro-batch; check with lora.dropout=0")
     if algorithm.value_objective is not None and critic_params is None:
         raise ValueError("the algorithm has a value objective: pass critic_params")
+    if algorithm.full_kl and ref_params is None and model_config.lora is None:
+        raise ValueError("the algorithm has full_kl (a KL to the reference in the update): pass ref_params")
     rows = batch.prompt_ids.shape[0]
     if rows % microbatches:
         raise ValueError(f"the batch has {rows} rows, which do not split into {microbatches} micro-batches")
     if algo_state is None:
         algo_state = algorithm.transform.init()
     batch = batch._replace(metrics={})  # the trainer logs them after `prepare`, never updates with them
-    args = (algorithm, model_config, params, critic_params, batch, algo_state)
+    args = (algorithm, model_config, params, critic_params, ref_params, batch, algo_state)
     with jax.default_matmul_precision("highest"):
         one, g_one, critic_one = _update_outputs(*args, 1, temperature, compiler_options)
         many, g_many, critic_many = _update_outputs(*args, microbatches, temperature, compiler_options)

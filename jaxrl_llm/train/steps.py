@@ -157,11 +157,14 @@ def make_step_fns(
     aux_models = aux_models or {}
     uses_dropout = model_config.lora is not None and model_config.lora.dropout > 0
 
-    def outputs_of(params, batch, dropout_rng=None, grouped: bool = True) -> ModelOutputs:
+    def outputs_of(params, batch, dropout_rng=None, grouped: bool = True, kl_params=None) -> ModelOutputs:
         if algorithm.head == "reward":
             return batch_reward_outputs(model_config, params, batch, dropout_rng)
         g = _shared(batch, group_size) if grouped and isinstance(batch, Rollout) else 1
-        return batch_policy_outputs(model_config, params, batch, temperature, dropout_rng, g)
+        direction = algorithm.full_kl or "forward"
+        return batch_policy_outputs(
+            model_config, params, batch, temperature, dropout_rng, g, kl_params, direction
+        )
 
     def values_of(params, batch, dropout_rng=None):
         b = batch
@@ -204,8 +207,8 @@ def make_step_fns(
         total, _ = jax.lax.scan(add, jax.tree.map(jnp.zeros_like, shapes), _split(batch, microbatches))
         return total
 
-    def policy_loss(trainable, frozen, batch, algo_state, dropout_rng, stats):
-        outputs = outputs_of(lora.join(trainable, frozen), batch, dropout_rng, grouped_update)
+    def policy_loss(trainable, frozen, batch, algo_state, dropout_rng, stats, kl_params):
+        outputs = outputs_of(lora.join(trainable, frozen), batch, dropout_rng, grouped_update, kl_params)
         if algorithm.statistics is not None:  # one micro-batch: the totals are this forward's
             stats = statistics_of(None, batch, algo_state, outputs) if stats is None else stats
             outputs = outputs._replace(stats=stats)
@@ -221,8 +224,14 @@ def make_step_fns(
     def grads(state: TrainState, batch, dropout_rng, stats=None):
         """Gradients with respect to the trainable halves of the policy and critic params."""
         policy_rng, critic_rng = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
+        kl_params = reference_params(state, model_config) if algorithm.full_kl else None
         (loss, metrics), g = jax.value_and_grad(policy_loss, has_aux=True)(
-            *lora.split_trainable(model_config, state.params), batch, state.algo_state, policy_rng, stats
+            *lora.split_trainable(model_config, state.params),
+            batch,
+            state.algo_state,
+            policy_rng,
+            stats,
+            kl_params,
         )
         metrics = {**metrics, "loss": loss}
         critic_g = None

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl_llm.losses.policy import kl_estimate
+from jaxrl_llm.losses.preference import top_k_indices
 from jaxrl_llm.objectives import PAIR_WEIGHT, loss_mask
 from jaxrl_llm.transforms import estimators
 from jaxrl_llm.types import PreferenceBatch, Rollout, RolloutTransform, add_metrics
@@ -486,3 +487,33 @@ def preference_pairs(
         return batch, count + 1
 
     return RolloutTransform(init=lambda: jnp.zeros((), jnp.int32), update=update)
+
+
+def top_k_completions(group_size: int, top_k: int = 1) -> RolloutTransform:
+    """SuperHF's filter (arXiv 2310.16763; `superhf_top_k`, through `top_k_indices`): of each group of `group_size`
+    consecutive rows (group_sampling's layout), keep the `top_k` rows with the highest reward,
+    never an empty completion (no token before the stop token; kept only when a group has
+    nothing else, then with a zero loss mask). [B·G] rows -> [B·top_k] rows, in group order.
+    Metrics: superhf/kept_reward (mean reward of the kept rows), superhf/empty_fraction."""
+    if not 1 <= top_k <= group_size:
+        raise ValueError(f"top_k_completions: top_k={top_k} must be in [1, group_size={group_size}]")
+
+    def fn(r: Rollout) -> Rollout:
+        n = r.rewards.shape[0] // group_size
+        lengths = jnp.sum(r.response_mask, axis=1)
+        finished = r.extras.get("finished", jnp.ones_like(lengths, dtype=bool)).astype(jnp.int32)
+        valid = (lengths - finished) > 0  # a token besides the stop token
+        index = top_k_indices(r.rewards.reshape(n, group_size), top_k, valid.reshape(n, group_size))
+        rows = (jnp.arange(n)[:, None] * group_size + index).reshape(-1)
+        kept = _select_rows(r, rows)
+        mask = loss_mask(kept) * valid[rows][:, None].astype(jnp.float32)
+        kept = kept._replace(loss_mask=mask.astype(r.response_mask.dtype))
+        return add_metrics(
+            kept,
+            **{
+                "superhf/kept_reward": jnp.mean(kept.rewards),
+                "superhf/empty_fraction": 1.0 - jnp.mean(valid),
+            },
+        )
+
+    return _stateless("top_k_completions", fn, "rewards")

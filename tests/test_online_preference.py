@@ -1,0 +1,160 @@
+"""Online preference methods (online / iterative DPO, SuperHF): the pair builder and the top-k
+filter on hand-built rollouts, the full-vocabulary KL seam (`Algorithm.full_kl`) against
+separate forwards, SuperHF's objective by hand, and smoke runs of both configs with a
+verifier-ranked and a reward-model-ranked source. Microbatch invariance, no-recompile and
+extreme-value finiteness are in tests/test_every_algorithm.py."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from run_helpers import load_config
+
+import jaxrl_llm as jrl
+from jaxrl_llm.losses.policy import full_kl
+from jaxrl_llm.train.forward import batch_policy_outputs
+from jaxrl_llm.train.steps import with_normalisers
+
+ext = importlib.import_module("ext_algorithms.ppo_reward_model")  # tests/ is on sys.path
+
+
+def rollout(rewards, lengths, finished=None, t=4):
+    """A host Rollout of len(rewards) rows: row i's response has lengths[i] real tokens
+    (token id 10 + i), its reference log-probs are −(i + 1) per token."""
+    n = len(rewards)
+    mask = (np.arange(t)[None] < np.asarray(lengths)[:, None]).astype(np.int32)
+    ids = (10 + np.arange(n)[:, None] * np.ones((1, t), np.int32)) * mask
+    finished = np.ones(n, bool) if finished is None else np.asarray(finished)
+    return jrl.Rollout(
+        prompt_ids=np.repeat(np.arange(n)[:, None] // 2 + 1, 3, axis=1).astype(np.int32),
+        prompt_mask=np.ones((n, 3), np.int32),
+        response_ids=ids.astype(np.int32),
+        response_mask=mask,
+        rewards=np.asarray(rewards, np.float32),
+        logp_ref=-(np.arange(n)[:, None] + 1.0) * mask,
+        extras={"finished": finished},
+    )
+
+
+def test_preference_pairs_max_min_golden():
+    # Spec (online / iterative DPO): scores [0.3, 1.2, −0.4, 0.9] -> max_min picks rows (1, 2).
+    r = rollout([0.3, 1.2, -0.4, 0.9], [2, 3, 1, 2])
+    batch, _ = jrl.preference_pairs(4).update(r, jnp.zeros((), jnp.int32))
+    assert isinstance(batch, jrl.PreferenceBatch) and batch.chosen_ids.shape == (1, 4)
+    np.testing.assert_array_equal(batch.chosen_ids[0], r.response_ids[1])
+    np.testing.assert_array_equal(batch.rejected_mask[0], r.response_mask[2])
+    np.testing.assert_array_equal(batch.ref_rejected_logps[0], r.logp_ref[2])
+    np.testing.assert_allclose(batch.extras["pair_weight"], [1.0])
+    np.testing.assert_allclose(batch.metrics["pairs/score_margin"], 1.6, atol=1e-6)
+
+
+def test_preference_pairs_ties_eos_penalty_and_random():
+    # By hand, G = 2: pair 0 ties (weight 0; first row chosen, the other rejected); pair 1
+    # ranks row 2 (0.5, unfinished) above row 3 (0.2) without the penalty and below with 0.5.
+    r = rollout([1.0, 1.0, 0.5, 0.2], [1, 2, 3, 4], finished=[1, 1, 0, 1])
+    batch, _ = jrl.preference_pairs(2).update(r, jnp.zeros((), jnp.int32))
+    np.testing.assert_allclose(batch.extras["pair_weight"], [0.0, 1.0])
+    np.testing.assert_array_equal(batch.chosen_ids[:, 0], [10, 12])
+    np.testing.assert_array_equal(batch.rejected_ids[:, 0], [11, 13])
+    np.testing.assert_allclose(batch.metrics["pairs/tie_fraction"], 0.5)
+    penalised, _ = jrl.preference_pairs(2, missing_eos_penalty=0.5).update(r, jnp.zeros((), jnp.int32))
+    np.testing.assert_array_equal(penalised.chosen_ids[:, 0], [10, 13])
+    # 'max_random': the rejected row is never the chosen one, and is drawn afresh each step.
+    r8 = rollout(np.arange(8, dtype=np.float32), [1] * 8)
+    pairs = jrl.preference_pairs(8, choose="max_random")
+    drawn = [int(pairs.update(r8, jnp.asarray(k))[0].rejected_ids[0, 0]) - 10 for k in range(20)]
+    assert all(0 <= d < 7 for d in drawn) and len(set(drawn)) > 1
+    with pytest.raises(ValueError, match="choose"):
+        jrl.preference_pairs(2, choose="best")
+
+
+def test_top_k_completions_keeps_the_best_non_empty():
+    # Group 0: row 1 is the best but empty (only its stop token) -> rows 2 (0.5) and 0 (0.1).
+    # Group 1: every row empty but row 4 -> row 4, then the lower-index empty row 3 (over row
+    # 5, whose reward is higher: empty rows rank below every other) with a zero loss mask.
+    r = rollout([0.1, 0.9, 0.5, 0.3, 0.7, 0.8], [2, 1, 3, 2, 2, 1])
+    r = r._replace(extras={"finished": np.array([1, 1, 1, 1, 1, 1], bool)})
+    r = r._replace(response_mask=np.asarray(r.response_mask).copy())
+    mask = np.asarray(r.response_mask)
+    mask[3] = mask[5] = 0
+    mask[3, 0] = mask[5, 0] = 1  # rows 3 and 5: the stop token alone
+    kept = jrl.top_k_completions(3, top_k=2).update(r, ())[0]
+    np.testing.assert_array_equal(kept.response_ids[:, 0], [12, 10, 14, 13])
+    np.testing.assert_allclose(kept.rewards, [0.5, 0.1, 0.7, 0.3])
+    np.testing.assert_array_equal(np.asarray(kept.loss_mask).sum(1), [3, 2, 2, 0])
+    np.testing.assert_allclose(kept.metrics["superhf/empty_fraction"], 3 / 6)  # rows 1, 3, 5
+
+
+def test_full_kl_seam_equals_separate_forwards(tiny_config, tiny_params):
+    ref = jax.tree.map(lambda x: x * 0.9, tiny_params)
+    rng = np.random.default_rng(0)
+    r = jrl.Rollout(
+        prompt_ids=rng.integers(1, 97, (4, 3)).astype(np.int32),
+        prompt_mask=np.ones((4, 3), np.int32),
+        response_ids=rng.integers(1, 97, (4, 5)).astype(np.int32),
+        response_mask=np.array([[1] * 5, [1] * 3 + [0] * 2, [1] * 5, [1] + [0] * 4], np.int32),
+    )
+
+    def logits(params):
+        model = jrl.CausalLM(tiny_config)
+        tokens = np.concatenate([r.prompt_ids, r.response_ids], 1)
+        mask = np.concatenate([r.prompt_mask, r.response_mask], 1)
+        return model.apply({"params": params}, tokens, mask)[:, 2:7]
+
+    for direction, (p, q) in (("forward", (ref, tiny_params)), ("reverse", (tiny_params, ref))):
+        out = batch_policy_outputs(tiny_config, tiny_params, r, 1.0, kl_params=ref, kl_direction=direction)
+        expected = full_kl(logits(p), logits(q)) * r.response_mask
+        np.testing.assert_allclose(out.kl, expected, atol=1e-5)
+        assert float(jnp.max(out.kl)) > 1e-4  # the two models differ
+    # No gradient flows into the reference through kl.
+    grad = jax.grad(lambda q: batch_policy_outputs(tiny_config, tiny_params, r, 1.0, kl_params=q).kl.sum())(
+        ref
+    )
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grad))
+
+
+def test_superhf_objective_by_hand():
+    # Two kept rows: CE = token mean of −logp over 3 kept tokens; KL = mean over rows of the
+    # clamped token-mean KL: row 0 (0.2 + 0.4) / 2 = 0.3, row 1 max(0, −0.1) = 0 -> 0.15.
+    logp = jnp.array([[-1.0, -2.0], [-3.0, 0.0]])
+    kl = jnp.array([[0.2, 0.4], [-0.1, 0.0]])
+    mask = jnp.array([[1, 1], [1, 0]])
+    batch = jrl.Rollout(jnp.ones((2, 1), jnp.int32), jnp.ones((2, 1), jnp.int32), mask, mask)
+    objective = jrl.make_algorithm("superhf", kl_coef=0.35).objective
+    loss, metrics = objective(jrl.ModelOutputs(logp=logp, kl=kl), with_normalisers(batch), ())
+    np.testing.assert_allclose(metrics["nll"], 2.0, atol=1e-6)
+    np.testing.assert_allclose(metrics["kl"], 0.15, atol=1e-6)
+    np.testing.assert_allclose(loss, 2.0 + 0.35 * 0.15, atol=1e-6)
+    assert jrl.make_algorithm("superhf").needs() == frozenset({"reference"})
+
+
+@pytest.mark.parametrize("name", ["online_dpo", "superhf"])
+@pytest.mark.parametrize("source", ["verifier", "rm"])
+def test_config_runs_with_verifier_or_reward_model(name, source, tfds_dir, tmp_path):
+    config = load_config(f"{name}_arithmetic", "rm,smoke" if source == "rm" else "smoke")
+    config.data.data_dir = tfds_dir
+    config.sft.steps = 0
+    config.train.update(steps=2, checkpoint_every=2)
+    config.eval.update(every=0, num_prompts=8, batch_size=8, pass_k=0)
+    if source == "rm":
+        rm = ext.write_reward_model(str(tmp_path / "rm"), config.tokenizer.alphabet)
+        config.aux_models.rm.checkpoint = rm
+    workdir = str(tmp_path / "run")
+    jrl.Trainer(config, workdir).fit()
+    rows = [r for r in jrl.read_metrics(workdir, phase="main") if "loss" in r]
+    assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
+    for r in rows:
+        if source == "rm":  # the reward model ranks; the verifier is logged at weight 0
+            assert r["reward_mean"] == pytest.approx(r["reward/rm"], abs=1e-5) and "reward/exact_match" in r
+        key = "pairs/tie_fraction" if name == "online_dpo" else "superhf/kept_reward"
+        assert key in r
+
+
+def test_rm_config_without_a_checkpoint_names_the_field(tfds_dir, tmp_path):
+    config = load_config("online_dpo_arithmetic", "rm,smoke")
+    config.data.data_dir = tfds_dir
+    with pytest.raises(ValueError, match=r"aux_models\.rm\.checkpoint"):
+        jrl.Trainer(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
