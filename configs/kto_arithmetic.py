@@ -18,8 +18,8 @@ def get_config(arg=None):
     c = base_config()
     c.name = "kto_arithmetic"
     c.algo = algo_config("kto", beta=0.1)
-    # Share of records giving their correct answer (desirable); the rest give a wrong one. With
-    # algo.desirable_weight = algo.undesirable_weight, 0.5 keeps λ_D n_D / (λ_U n_U) in [1, 4/3].
+    # data.desirable_fraction (default 0.5) of the records give their correct answer: with equal
+    # weights λ_D n_D / (λ_U n_U) = 1, inside TRL's advised [1, 4/3].
     c.train.update(steps=200, batch_size=64)
     c.optimizer.learning_rate = 1e-4
     c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start

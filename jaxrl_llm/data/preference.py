@@ -13,7 +13,8 @@ JSON encoding of the record's value ('' when the record lacks the field), and `e
 object of the record's other fields (ids, scores, ...). Texts, chat-message lists and labels
 thus come back exactly: `PreferenceSource` decodes every record to what `sources.read_jsonl`
 gives for its line, so the pipeline (`pipeline.preference_dataset`, `unpaired_dataset`) sees
-the same records as from the JSON-lines files.
+the same records, in the same order, as from the JSON-lines files (TFDS's shuffling on write is
+disabled: record i of a split is record i of its file, as error messages number them).
 
 Preparing reads each file once, checks every record with the pipeline's own checks
 (`pipeline.preference_parts`: the same DatasetFieldError messages, prefixed with the file) and
@@ -99,6 +100,7 @@ class JaxrlPreference(tfds.core.GeneratorBasedBuilder):
             "prompt/completion/label examples) from local JSON-lines files; each field holds the "
             "JSON encoding of the record's value ('' when absent), 'extra' the other fields.",
             features=tfds.features.FeaturesDict({f: tfds.features.Text() for f in FIELDS + (EXTRA,)}),
+            disable_shuffling=True,  # record i of a split is the file's record i
         )
 
     def _split_generators(self, dl_manager):
@@ -124,16 +126,20 @@ def _file_digest(path: str) -> str:
 
 
 def preference_config(files: Mapping[str, str]) -> PreferenceConfig:
-    """The builder config of {split: JSON-lines path}: named `<file stem>-<digest>`, the digest
-    of the split names and the files' bytes (so edited files make a new config)."""
+    """The builder config of {split: JSON-lines path}: named `<stem>-<digest>`, the stem the
+    first file's name without its split name and extension, the digest that of the split names
+    and the files' bytes (so edited files make a new config)."""
     for split in files:
         if not re.fullmatch(r"[\w-]+", split):
-            raise ValueError(f"split name {split!r} (config field data.splits) must be letters, digits, '_' or '-'")
+            raise ValueError(
+                f"split name {split!r} (config field data.splits) must be letters, digits, '_' or '-'"
+            )
     digest = hashlib.sha256()
     for split, path in sorted(files.items()):
         digest.update(f"{split}\0{_file_digest(path)}\0".encode())
-    first = next(iter(files.values()))
-    stem = re.sub(r"\W+", "_", os.path.splitext(os.path.basename(first))[0]).strip("_") or "data"
+    split, path = next(iter(files.items()))
+    name = os.path.splitext(os.path.basename(path))[0].replace(split, "")
+    stem = re.sub(r"\W+", "_", name).strip("_") or "data"
     return PreferenceConfig(
         name=f"{stem}-{digest.hexdigest()[:16]}",
         description="JSON-lines files: " + ", ".join(f"{s}={p}" for s, p in files.items()),

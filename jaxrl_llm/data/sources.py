@@ -229,7 +229,7 @@ def _jsonl_source(config, split: str) -> list[dict]:
 def _preference_source(config, split: str):
     """The 'preference_tfds' source: every split of data.splits (default: `split` alone) from
     data.path's files, prepared as one `jaxrl_preference` dataset in data.data_dir."""
-    from jaxrl_llm.data.preference import prepare_preference, preference_split
+    from jaxrl_llm.data.preference import preference_split, prepare_preference
 
     base = split.split("[")[0]
     splits = list(dict.fromkeys(s.split("[")[0] for s in getattr(config, "splits", None) or (base,)))
