@@ -29,8 +29,7 @@ data batch, so micro-batching never changes which completion goes with which pro
 it (z0 is then the mean over the mini-batch's pairs, still mismatched).
 
 Data: question/answer records give their correct final answer (desirable) or a wrong one
-(undesirable), `config.data.desirable_fraction` of them desirable (default 0.5; a field that
-configs/kto_arithmetic.py adds to the base config); JSON-lines records in TRL's unpaired
+(undesirable), `config.data.desirable_fraction` of them desirable (default 0.5); JSON-lines records in TRL's unpaired
 format {"prompt", "completion", "label"} (texts or chat messages) give their own.
 
 z0 is a mini-batch-wide quantity of the current policy: it comes through `Algorithm.statistics`
