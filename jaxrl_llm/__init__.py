@@ -36,7 +36,7 @@ from jaxrl_llm.algorithms.dpo import (
 from jaxrl_llm.algorithms.grpo import copo, dr_grpo, gpg, grpo, grpo_lambda, ngrpo
 from jaxrl_llm.algorithms.gspo import gmpo, gspo, gspo_token
 from jaxrl_llm.algorithms.kto import kto
-from jaxrl_llm.algorithms.online import online_dpo, superhf
+from jaxrl_llm.algorithms.online import brain, online_dpo, superhf
 from jaxrl_llm.algorithms.ppo import p3o, pf_ppo, ppo, ppo_max
 from jaxrl_llm.algorithms.reinforce import asymre, opmd, reinforce_pp, reinforce_pp_baseline, remax, rloo
 from jaxrl_llm.algorithms.reward_model import reward_model
@@ -196,6 +196,7 @@ from jaxrl_llm.transforms.correction import (
 from jaxrl_llm.transforms.rollout import (
     adaptive_kl_penalty_in_reward,
     baseline_advantages,
+    brain_weights_transform,
     clip_advantages,
     clip_rewards,
     copo_advantages,
@@ -400,6 +401,8 @@ __all__ = [
     "RewardModel",
     "reward_model",
     "online_dpo",
+    "brain",
+    "brain_weights_transform",
     "superhf",
     "top_k_completions",
     "full_kl",

@@ -40,7 +40,7 @@ EXPECTED_API = {
     "regularised", "register_algorithm", "register_environment", "register_reward", "register_strategy",
     "registered_algorithms", "registered_environments", "registered_strategies", "reinforce_pp",
     "reinforce_pp_advantages", "reinforce_pp_baseline", "rejection_mask", "remax",
-    "remax_advantages", "replay", "reward_model", "reward_model_pass", "online_dpo", "preference_pairs", "superhf", "top_k_completions", "full_kl", "bradley_terry_loss", "reward_to_tokens", "RewardFunctionError",
+    "remax_advantages", "replay", "reward_model", "reward_model_pass", "online_dpo", "preference_pairs", "brain", "brain_weights_transform", "superhf", "top_k_completions", "full_kl", "bradley_terry_loss", "reward_to_tokens", "RewardFunctionError",
     "RewardModel", "rewards_vary", "RewardSources", "rloo", "rloo_advantages", "Rollout",
     "rpo", "RolloutStrategy", "RolloutTransform", "sample_from_logits", "SampleOutput", "SamplingConfig",
     "sapo", "save_checkpoint", "Schedule", "schedule", "score_completions", "Scores", "select_rows",

@@ -161,3 +161,28 @@ def test_rm_config_without_a_checkpoint_names_the_field(tfds_dir, tmp_path):
     with pytest.raises(ValueError, match=r"aux_models\.rm\.checkpoint"):
         jrl.Trainer(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_brain_weights_transform_golden_and_objective_by_hand():
+    # Spec (BRAIn): r [1, 0, −1], S_ref [−5, −4, −6], S_q = S_θ [−4.5, −4.5, −5], β 1 ->
+    # weights [0.146954, 0.146954, −0.293909]. One token per response carries each sum.
+    mask = np.ones((3, 1), np.int32)
+    r = jrl.Rollout(
+        prompt_ids=np.ones((3, 2), np.int32),
+        prompt_mask=np.ones((3, 2), np.int32),
+        response_ids=np.full((3, 1), 5, np.int32),
+        response_mask=mask,
+        rewards=np.array([1.0, 0.0, -1.0], np.float32),
+        logp_ref=np.array([[-5.0], [-4.0], [-6.0]], np.float32),
+        logp_behav=np.array([[-4.5], [-4.5], [-5.0]], np.float32),
+    )
+    out, _ = jrl.brain_weights_transform(3).update(r, ())
+    np.testing.assert_allclose(out.extras["brain_weight"], [0.146954, 0.146954, -0.293909], atol=1e-6)
+    alpha = np.array([0.480288, 0.480288, 0.039424])
+    np.testing.assert_allclose(out.metrics["brain/ess"], 1 / np.sum(alpha**2), rtol=1e-5)
+    # The objective: one prompt, L = −Σ_i w_i S_θ(y_i); by hand with S_θ = [−1, −2, −3]:
+    # −(0.146954·(−1) + 0.146954·(−2) − 0.293909·(−3)) = −0.440864.
+    logp = jnp.array([[-1.0], [-2.0], [-3.0]])
+    objective = jrl.make_algorithm("brain", num_samples=3).objective
+    loss, _ = objective(jrl.ModelOutputs(logp=logp), with_normalisers(out), ())
+    np.testing.assert_allclose(loss, -(0.146954 * -1 + 0.146954 * -2 - 0.293909 * -3), atol=1e-5)

@@ -1,18 +1,26 @@
 """Online preference optimisation from the policy's own samples, ranked by the run's reward
 sources (`config.rewards`: a verifier, or an auxiliary reward model): online / iterative DPO
-(pairs, the DPO family's pairwise core `preference_objective`) and SuperHF (the best samples,
-supervised, with a full-vocabulary KL prior).
+(pairs, the DPO family's pairwise core `preference_objective`), SuperHF (the best samples,
+supervised, with a full-vocabulary KL prior) and BRAIn (all samples, self-normalised
+importance weights towards the reward-conditioned posterior).
 """
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 from jaxrl_llm.algorithms.dpo import preference_objective
 from jaxrl_llm.algorithms.registry import register
-from jaxrl_llm.losses.preference import superhf_kl
+from jaxrl_llm.losses.preference import brain_surrogate, superhf_kl
 from jaxrl_llm.objectives import loss_mask, nll, sequence_mean
 from jaxrl_llm.rollout.strategies import group_sampling
 from jaxrl_llm.train.passes import reference_pass
-from jaxrl_llm.transforms.rollout import preference_pairs, top_k_completions
+from jaxrl_llm.transforms.rollout import (
+    BRAIN_WEIGHT,
+    brain_weights_transform,
+    preference_pairs,
+    top_k_completions,
+)
 from jaxrl_llm.types import Algorithm, Objective
 
 
@@ -84,4 +92,43 @@ def superhf(num_samples: int = 16, top_k: int = 1, kl_coef: float = 0.35) -> Alg
         transform=top_k_completions(num_samples, top_k),
         objective=superhf_objective(kl_coef),
         full_kl="forward",
+    )
+
+
+def brain_objective(group_size: int) -> Objective:
+    """Mean over prompts of `brain_surrogate`: Σ_rows −w_i·S_θ(y_i) / (rows / n), with the
+    weights w_i = α̂_i − β̂_i of `brain_weights_transform` (extras['brain_weight']). Metric:
+    weighted_logp (the surrogate without its sign)."""
+
+    def objective(outputs, batch, state):
+        mask = loss_mask(batch)
+        policy = jnp.sum(outputs.logp * mask, axis=1)
+        surrogate = brain_surrogate(
+            policy[:, None], batch.extras[BRAIN_WEIGHT][:, None]
+        )  # −w_i S_θ(y_i) per row
+        loss = group_size * sequence_mean(surrogate, batch)
+        return loss, {"weighted_logp": -loss}
+
+    return objective
+
+
+@register("brain")
+def brain(num_samples: int = 8, beta: float = 1.0) -> Algorithm:
+    """BRAIn (Pandey et al., "BRAIn: Bayesian reward-conditioned amortized inference for natural
+    language generation from feedback", arXiv 2402.02479, ICML 2024; the estimator of the
+    authors' `gradient_estimators.py::estimator_brain`): distil the reward-conditioned posterior
+    p(y | x, G=1) ∝ π_ref(y|x)·exp(r(x, y)/β) into π_θ with self-normalised importance weights,
+
+        α̂_i = softmax_i(S_ref(y_i) + r_i/β − S_q(y_i)),  β̂_i = softmax_i(S_θ(y_i) − S_q(y_i)) = 1/n
+        L = −(1/B) Σ_prompts Σ_i (α̂_i − β̂_i)·S_θ(y_i)
+
+    over n = num_samples samples per prompt from the current policy (the proposal q; rewards
+    from `config.rewards`), π_ref the frozen initial policy. β = 1.0 and n = 8 are assumptions:
+    the paper's LLM values are not confirmed."""
+    return Algorithm(
+        data="rollout",
+        strategy=group_sampling(num_samples),
+        transform=brain_weights_transform(num_samples, beta),
+        objective=brain_objective(num_samples),
+        passes=(reference_pass(),),
     )

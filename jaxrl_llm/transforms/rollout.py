@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl_llm.losses.policy import kl_estimate
-from jaxrl_llm.losses.preference import top_k_indices
+from jaxrl_llm.losses.preference import brain_weights, top_k_indices
 from jaxrl_llm.objectives import PAIR_WEIGHT, loss_mask
 from jaxrl_llm.transforms import estimators
 from jaxrl_llm.types import PreferenceBatch, Rollout, RolloutTransform, add_metrics
@@ -517,3 +517,30 @@ def top_k_completions(group_size: int, top_k: int = 1) -> RolloutTransform:
         )
 
     return _stateless("top_k_completions", fn, "rewards")
+
+
+BRAIN_WEIGHT = "brain_weight"  # Rollout.extras: BRAIn's per-sample weights [B]
+
+
+def brain_weights_transform(group_size: int, beta: float = 1.0) -> RolloutTransform:
+    """BRAIn's per-sample weights (`brain_weights`, arXiv 2402.02479) for each group of
+    `group_size` consecutive rows (group_sampling's layout), written to `extras['brain_weight']`
+    [B] (w_i = α̂_i − β̂_i; they sum to 0 within a group).
+
+    The proposal q is the sampler (S_q = Σ_t logp_behav), the posterior target is
+    π_ref·exp(r/β) (S_ref = Σ_t logp_ref) and the baseline policy is the proposal itself (on
+    policy: β̂ = 1/n exactly). Metrics: brain/ess (mean over groups of 1 / Σ α̂², the effective
+    sample size of the self-normalised weights), brain/max_weight."""
+
+    def fn(r: Rollout) -> Rollout:
+        n, g = r.rewards.shape[0] // group_size, group_size
+        mask = loss_mask(r).astype(jnp.float32)
+        s_ref = jnp.sum(r.logp_ref * mask, axis=1).reshape(n, g)
+        s_q = jnp.sum(r.logp_behav * mask, axis=1).reshape(n, g)
+        weights = brain_weights(r.rewards.reshape(n, g), s_ref, s_q, s_q, beta)
+        target = weights + 1.0 / g  # α̂ (β̂ = 1/n on policy)
+        r = r._replace(extras={**r.extras, BRAIN_WEIGHT: weights.reshape(-1)})
+        ess = jnp.mean(1.0 / jnp.sum(jnp.square(target), axis=1))
+        return add_metrics(r, **{"brain/ess": ess, "brain/max_weight": jnp.max(target)})
+
+    return _stateless("brain_weights", fn, "rewards", "logp_ref", "logp_behav")
