@@ -58,7 +58,11 @@ SKIP = {
 
 
 def load_task_config(task: str):
-    name = TASK_CONFIGS[task]
+    return load_config(TASK_CONFIGS[task])
+
+
+def load_config(name: str):
+    """`configs/<name>.py`'s `get_config()`, without the progress bar."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -45,7 +45,7 @@ SETTINGS = {"flex_dpo": {"beta_rejected": 0.05}}
 
 
 def run_config(method: str, seed: int, warm: str, args):
-    config = rm_experiment.load_config(CONFIGS.get(method, "dpo_arithmetic"))
+    config = algorithms_table.load_config(CONFIGS.get(method, "dpo_arithmetic"))
     config.seed = seed
     config.data.data_dir = args.data_dir
     config.model.checkpoint = warm

@@ -33,22 +33,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import algorithms_table  # noqa: E402  (warm-start, run configs)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.progress = False
-    return config
 
 
 def rm_config(warm: str, args, seed: int = 0, steps: int | None = None):
-    config = load_config("reward_model_arithmetic")
+    config = algorithms_table.load_config("reward_model_arithmetic")
     config.seed = seed
     config.data.data_dir = args.data_dir
     config.model.checkpoint = warm
