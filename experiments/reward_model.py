@@ -34,7 +34,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import algorithms_table  # noqa: E402  (warm-start, run configs)
 
 
-
 def rm_config(warm: str, args, seed: int = 0, steps: int | None = None):
     config = algorithms_table.load_config("reward_model_arithmetic")
     config.seed = seed
