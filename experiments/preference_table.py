@@ -14,7 +14,9 @@ several seeds: the table of experiments/README.md ("Preference methods").
    `--rm` (an HF reward-model directory, e.g. experiments/reward_model.py's export).
 3. Online methods (`configs/online_dpo_arithmetic.py`, `configs/superhf_arithmetic.py`): the
    same number of steps of 32 prompts x 8 samples ranked by the exact-match verifier.
-4. Measured at the end on the test split: greedy accuracy and pass@8 on 512 questions (the
+4. The matched control: `sft` on the chosen answers (the correct ones), the offline budget:
+   CPO, ORPO and RPO add an NLL term on exactly those answers.
+5. Measured at the end on the test split: greedy accuracy and pass@8 on 512 questions (the
    held-out answer accuracy), pair accuracy on 512 held-out pairs (implicit reward
    β·log π/π_ref of the correct answer above the wrong one; and likelihood accuracy, π itself
    prefers the correct answer), and the KL to the warm-start (per-token mean of log π − log π_ref
@@ -38,6 +40,7 @@ import reward_model as rm_experiment  # noqa: E402
 
 OFFLINE = ("dpo", "ipo", "simpo", "cpo", "orpo", "rpo", "flex_dpo", "kto", "tgdpo", "modpo")
 ONLINE = ("online_dpo", "superhf")
+CONTROL = ("sft",)  # supervised on the chosen (correct) answers, the same budget: the matched control
 CONFIGS = {"kto": "kto_arithmetic", "online_dpo": "online_dpo_arithmetic", "superhf": "superhf_arithmetic"}
 # Hyper-parameters that differ from the defaults: Flex-DPO's defaults are DPO, so its row uses
 # the paper's reading β_l < β_w.
@@ -102,7 +105,7 @@ def report(workdir: str) -> None:
         "likelihood accuracy % | KL to warm-start | wall s |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for method in OFFLINE + ONLINE:
+    for method in OFFLINE + ONLINE + CONTROL:
         rs = [r for r in results if r["method"] == method]
         if not rs:
             continue
@@ -124,7 +127,7 @@ def main() -> None:
     parser.add_argument(
         "--rm", default="runs/reward_model/rm_hf", help="MODPO's margin reward model (HF dir)"
     )
-    parser.add_argument("--methods", default=",".join(OFFLINE + ONLINE))
+    parser.add_argument("--methods", default=",".join(OFFLINE + ONLINE + CONTROL))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th (seed, method) from the i-th")
