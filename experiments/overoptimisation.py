@@ -154,32 +154,31 @@ def report(workdir: str) -> None:
 
 
 def plot(runs, path: str) -> None:
+    """Per run kind (colour) and seed (line): the optimised reward, the gold reward and KL̂
+    against the step, and the gold reward against sqrt(KL̂) (Gao et al.'s axis)."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4))
+    fig = Figure(figsize=(16, 4))
     FigureCanvasAgg(fig)
-    ax_opt, ax_gold = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    axes = [fig.add_subplot(1, 4, i + 1) for i in range(4)]
     for run in RUNS:
-        rs = [r for r in runs if r["run"] == run]
-        if not rs:
-            continue
-        for i, r in enumerate(rs):
+        for i, r in enumerate(x for x in runs if x["run"] == run):
+            steps = [p["step"] for p in r["points"]]
+            style = dict(color=f"C{RUNS.index(run)}", alpha=0.75, ms=3, label=run if i == 0 else None)
+            axes[0].plot(steps, [p["optimised"] for p in r["points"]], "o-", **style)
+            axes[1].plot(steps, [100 * p["gold"] for p in r["points"]], "o-", **style)
+            axes[2].plot(steps, [p["kl"] for p in r["points"]], "o-", **style)
             d = np.sqrt(np.maximum([p["kl"] for p in r["points"]], 0))
-            label = run if i == 0 else None
-            color = f"C{RUNS.index(run)}"
-            ax_opt.plot(
-                d, [p["optimised"] for p in r["points"]], "o-", color=color, alpha=0.7, label=label, ms=3
-            )
-            ax_gold.plot(
-                d, [100 * p["gold"] for p in r["points"]], "o-", color=color, alpha=0.7, label=label, ms=3
-            )
-    ax_opt.set(xlabel="sqrt(KL to reference), nats", ylabel="optimised (proxy) reward", title="proxy")
-    ax_gold.set(xlabel="sqrt(KL to reference), nats", ylabel="gold reward: exact match %", title="gold")
-    ax_gold.legend(fontsize=8)
+            axes[3].plot(d, [100 * p["gold"] for p in r["points"]], "o", **style)
+    axes[0].set(xlabel="GRPO step", ylabel="optimised reward (proxy / ensemble)", title="what GRPO optimises")
+    axes[1].set(xlabel="GRPO step", ylabel="gold: exact match % (T = 1 samples)", title="gold reward")
+    axes[2].set(xlabel="GRPO step", ylabel="KL̂ to the reference, nats / sequence", title="KL budget")
+    axes[3].set(xlabel="sqrt(KL̂)", ylabel="gold: exact match %", title="gold against sqrt(KL)")
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     print(f"wrote {path}")
 
 
