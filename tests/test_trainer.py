@@ -250,6 +250,17 @@ def test_changed_config_in_existing_workdir_is_refused(data_dir, tmp_path):
         Trainer(smoke("grpo_arithmetic", data_dir, algo__clip_eps=0.3), str(tmp_path))
     # Resumable changes are accepted: a longer run under another remat policy.
     Trainer(smoke("grpo_arithmetic", data_dir, model__remat="full", train__steps=50), str(tmp_path))
+    # A field the library added after the run started (absent from its config.json) at its
+    # default is no change; set to another value, it is.
+    path = tmp_path / "config.json"
+    for accepted in (True, False):
+        saved = json.loads(path.read_text())
+        del saved["data"]["train_records"]
+        path.write_text(json.dumps(saved))
+        if accepted:
+            Trainer(smoke("grpo_arithmetic", data_dir, model__remat="full", train__steps=50), str(tmp_path))
+    with pytest.raises(ValueError, match=r"different config.*data\.train_records"):
+        Trainer(smoke("grpo_arithmetic", data_dir, data__train_records=64), str(tmp_path))
 
 
 # ------------------------------------------------------------------- real-model recipe (gsm8k)
