@@ -13,7 +13,8 @@ several seeds: the table of experiments/README.md ("Preference methods").
    model is the seed's DPO run (its final checkpoint); MODPO's margin model is the reward model
    `--rm` (an HF reward-model directory, e.g. experiments/reward_model.py's export).
 3. Online methods (`configs/online_dpo_arithmetic.py`, `configs/superhf_arithmetic.py`): the
-   same number of steps of 32 prompts x 8 samples ranked by the exact-match verifier.
+   algorithms table's RL budget, `--online_steps` steps of 32 prompts x 8 samples, ranked by
+   the exact-match verifier (Adam 1e-4, the configs' rate).
 4. The matched control: `sft` on the chosen answers (the correct ones), the offline budget:
    CPO, ORPO and RPO add an NLL term on exactly those answers.
 5. Measured at the end on the test split: greedy accuracy and pass@8 on 512 questions (the
@@ -56,7 +57,8 @@ def run_config(method: str, seed: int, warm: str, args):
     config.algo = {"name": method, **SETTINGS.get(method, {})}
     if method in ONLINE:
         config.algo.num_samples = config.sampling.num_samples
-    config.train.update(steps=args.steps, checkpoint_every=args.steps)
+    steps = args.online_steps if method in ONLINE else args.steps
+    config.train.update(steps=steps, checkpoint_every=steps)
     config.eval.update(every=0, num_prompts=512, pass_k=8, before=False)
     if method == "tgdpo":
         dpo_final = os.path.join(args.workdir, f"dpo_seed{seed}", "checkpoints", "main", str(args.steps))
@@ -82,7 +84,7 @@ def train_one(method: str, seed: int, warm: str, args) -> dict:
     return {
         "method": method,
         "seed": seed,
-        "steps": args.steps,
+        "steps": config.train.steps,
         "greedy_accuracy": after["greedy_accuracy"],
         "pass_at_8": after.get("pass_at_8"),
         "preference_accuracy": pairs["preference_accuracy"],
@@ -130,6 +132,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(OFFLINE + ONLINE + CONTROL))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--online_steps", type=int, default=50, help="the algorithms table's RL budget")
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th (seed, method) from the i-th")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
