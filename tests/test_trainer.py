@@ -148,6 +148,7 @@ def final_params(workdir):
     return state
 
 
+@pytest.mark.slow  # the default suite kills and resumes mid-run in test_extension_api (DAPO) and test_multi_turn
 @pytest.mark.filterwarnings("ignore")
 def test_sigkill_then_rerun_continues_the_same_trajectory(data_dir, tmp_path):
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
