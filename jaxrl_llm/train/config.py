@@ -88,7 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Data: records {question, answer} in GSM8K format ("... #### 579").
     c.data = ml_collections.ConfigDict(
         dict(
-            name="arithmetic",  # 'arithmetic' | 'countdown' (TFDS, generated offline) | 'gsm8k' | 'code' | 'jsonl'
+            name="arithmetic",  # 'arithmetic' | 'countdown' (TFDS, generated offline) | 'gsm8k' | 'code' | 'jsonl' | 'preference_tfds'
             builder_config="add3_fixed",  # a+b, a and b in [100, 499]; see data/arithmetic.py
             data_dir="",  # TFDS data dir ('' = TFDS default)
             path="",  # jsonl: path with a {split} placeholder
