@@ -13,7 +13,7 @@ the verifier is then logged with weight 0, not used. ':smoke' (also ':rm,smoke')
 tiny version.
 """
 
-from jaxrl_llm.train.config import SMOKE_MODEL, algo_config, base_config, reward_model_source
+from jaxrl_llm.train.config import algo_config, base_config, preference_smoke, reward_model_source
 
 
 def get_config(arg=None):
@@ -31,10 +31,6 @@ def get_config(arg=None):
     if "rm" in parts:
         reward_model_source(c)
     if "smoke" in parts:
-        c.model.update(SMOKE_MODEL)
+        preference_smoke(c)
         c.algo.num_samples = c.sampling.num_samples = 4
-        c.train.update(steps=4, batch_size=8, checkpoint_every=2)
-        c.sft.update(steps=4, eval_every=2, batch_size=16)
-        c.eval.update(every=2, num_prompts=16, batch_size=16, pass_k=2)
-        c.progress = False
     return c

@@ -9,7 +9,7 @@ or export it with `jaxrl_llm.save_checkpoint(dir, config, params, head='reward')
 (`experiments/reward_model.py` does both).
 """
 
-from jaxrl_llm.train.config import SMOKE_MODEL, algo_config, base_config
+from jaxrl_llm.train.config import algo_config, base_config, preference_smoke
 
 
 def get_config(arg=None):
@@ -21,11 +21,7 @@ def get_config(arg=None):
     c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
     c.eval.update(every=100, num_prompts=512)
     if arg == "smoke":
-        c.model.update(SMOKE_MODEL)
-        c.train.update(steps=4, batch_size=8, checkpoint_every=2)
-        c.sft.update(steps=4, eval_every=2, batch_size=16)
-        c.eval.update(every=2, num_prompts=16, batch_size=16, pass_k=2)
-        c.progress = False
+        preference_smoke(c)
     elif arg:
         raise ValueError(f"unknown config argument {arg!r}; use 'smoke' or nothing")
     return c

@@ -138,15 +138,19 @@ def dpo_loss(
     # β h_eff = β ρ_w − β_l ρ_l
     h = chosen_ratio - (beta_l / beta) * rejected_ratio
     loss = preference_link(h, beta, link, label_smoothing, margin)
-    reward_chosen = jax.lax.stop_gradient(beta * chosen_ratio)
-    reward_rejected = jax.lax.stop_gradient(beta_l * rejected_ratio)
-    metrics = {
+    return loss, pair_reward_metrics(beta * chosen_ratio, beta_l * rejected_ratio)
+
+
+def pair_reward_metrics(reward_chosen: Array, reward_rejected: Array) -> dict[str, Array]:
+    """The DPO family's per-pair metrics of implicit rewards r(y_w), r(y_l) [B] (stop-gradient):
+    reward_chosen, reward_rejected, reward_margin = r_w − r_l, reward_accuracy = [r_w > r_l]."""
+    reward_chosen, reward_rejected = jax.lax.stop_gradient((reward_chosen, reward_rejected))
+    return {
         "reward_chosen": reward_chosen,
         "reward_rejected": reward_rejected,
         "reward_margin": reward_chosen - reward_rejected,
         "reward_accuracy": (reward_chosen > reward_rejected).astype(jnp.float32),
     }
-    return loss, metrics
 
 
 def kto_loss(
@@ -306,15 +310,10 @@ def modpo_loss(
     )
     rho_chosen = jnp.asarray(policy_chosen, jnp.float32) - jnp.asarray(ref_chosen, jnp.float32)
     rho_rejected = jnp.asarray(policy_rejected, jnp.float32) - jnp.asarray(ref_rejected, jnp.float32)
-    reward_chosen = jax.lax.stop_gradient((beta * rho_chosen - margin_chosen @ w[1:]) / w[0])
-    reward_rejected = jax.lax.stop_gradient((beta * rho_rejected - margin_rejected @ w[1:]) / w[0])
-    metrics = {
-        "reward_chosen": reward_chosen,
-        "reward_rejected": reward_rejected,
-        "reward_margin": reward_chosen - reward_rejected,
-        "reward_accuracy": (reward_chosen > reward_rejected).astype(jnp.float32),
-    }
-    return losses, metrics
+    return losses, pair_reward_metrics(
+        (beta * rho_chosen - margin_chosen @ w[1:]) / w[0],
+        (beta * rho_rejected - margin_rejected @ w[1:]) / w[0],
+    )
 
 
 def srpo_loss(

@@ -43,6 +43,17 @@ def algo_config(name: str, **overrides) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(fields)
 
 
+def preference_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`c` at the tests' smoke size, shared by the preference configs' ':smoke': the tiny model,
+    4 steps of 8 (4 SFT steps of 16 before), evaluation every 2 steps on 16 prompts, pass@2."""
+    c.model.update(SMOKE_MODEL)
+    c.train.update(steps=4, batch_size=8, checkpoint_every=2)
+    c.sft.update(steps=4, eval_every=2, batch_size=16)
+    c.eval.update(every=2, num_prompts=16, batch_size=16, pass_k=2)
+    c.progress = False
+    return c
+
+
 def reward_model_source(c: ml_collections.ConfigDict, name: str = "rm") -> ml_collections.ConfigDict:
     """`c` rewarded by the auxiliary reward model `name` alone (its checkpoint still to be set:
     `--config.aux_models.rm.checkpoint=<HF dir or a reward_model run's checkpoints/main/<step>>`),
