@@ -13,24 +13,8 @@ the verifier is then logged with weight 0, not used. ':smoke' (also ':rm,smoke')
 tiny version.
 """
 
-from jaxrl_llm.train.config import algo_config, base_config, preference_smoke, reward_model_source
+from jaxrl_llm.train.config import online_pairs_config
 
 
 def get_config(arg=None):
-    parts = set(filter(None, (arg or "").split(",")))
-    if parts - {"rm", "smoke"}:
-        raise ValueError(f"unknown config argument {arg!r}; use 'rm', 'smoke', 'rm,smoke' or nothing")
-    c = base_config()
-    c.name = "online_dpo_arithmetic"
-    c.algo = algo_config("online_dpo", beta=0.1, num_samples=8, choose="max_min")
-    c.sampling.num_samples = 8
-    c.train.update(steps=100, batch_size=32)
-    c.optimizer.learning_rate = 1e-4
-    c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
-    c.eval.every = 25
-    if "rm" in parts:
-        reward_model_source(c)
-    if "smoke" in parts:
-        preference_smoke(c)
-        c.algo.num_samples = c.sampling.num_samples = 4
-    return c
+    return online_pairs_config("online_dpo", arg)

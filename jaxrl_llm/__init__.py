@@ -227,6 +227,7 @@ from jaxrl_llm.types import (
     Rollout,
     RolloutStrategy,
     RolloutTransform,
+    Rounds,
     add_metrics,
 )
 
@@ -413,6 +414,7 @@ __all__ = [
     "rloo",
     "rloo_advantages",
     "Rollout",
+    "Rounds",
     "RolloutStrategy",
     "RolloutTransform",
     "sample_from_logits",

@@ -255,6 +255,23 @@ class RolloutStrategy(NamedTuple):
         return self.collect(ctx, prompts, rng, self.init_state() if state is None else state)
 
 
+class Rounds(NamedTuple):
+    """Training in rounds (iterative DPO, APO): every `steps` steps of the phase the reference
+    becomes the policy as it is then, optionally after a Nesterov-style extrapolation,
+
+        θ_{t+1} = θ̂_{t+1} + α (θ̂_{t+1} − θ̂_t),    reference ← θ_{t+1}
+
+    with θ̂_t the policy at the end of round t (θ̂_0: the phase's initial policy) and
+    α = `extrapolation` (0: plain iterative DPO, the previous iterate as reference). The
+    trainer applies it between steps (`steps.next_round`), before the sampling of the round's
+    first step, so a round's samples come from θ_{t+1}; with α > 0 it also carries θ̂_t in
+    `TrainState.anchor_params`. Both are checkpointed: a resumed run crosses a boundary exactly
+    as an uninterrupted one."""
+
+    steps: int
+    extrapolation: float = 0.0
+
+
 class Algorithm(NamedTuple):
     """An RL or preference algorithm: its strategy, passes, transform and objective.
 
@@ -298,6 +315,8 @@ class Algorithm(NamedTuple):
       exact KL over the whole vocabulary, 'forward' KL(π_ref ‖ π_θ) (SuperHF) or 'reverse'
       KL(π_θ ‖ π_ref), instead of a sampled-token estimate. One reference forward per
       micro-batch update; the trainer holds the reference.
+    rounds: a `Rounds` (the reference refreshed from the policy every `rounds.steps` steps,
+      optionally extrapolated: iterative DPO, APO), or None (a fixed reference).
     """
 
     data: str
@@ -311,6 +330,7 @@ class Algorithm(NamedTuple):
     post_update: Callable[[Any, dict], Any] | None = None
     head: str = "causal_lm"
     full_kl: str | None = None
+    rounds: Rounds | None = None
 
     def needs(self) -> frozenset:
         """Union of the passes' needs ('reference', 'critic', 'aux:<name>'), and 'reference'

@@ -221,7 +221,8 @@ def check_case(case, tfds_dir, tmp_path):
     step, restored, _ = ckpt.restore_latest_good(abstract_state=abstract)
     ckpt.close()
     assert step == STEPS
-    for a, b in zip(jax.tree.leaves(final.algo_state), jax.tree.leaves(restored.algo_state), strict=True):
+    carried = lambda s: jax.tree.leaves((s.algo_state, s.anchor_params))  # noqa: E731 (APO's anchor)
+    for a, b in zip(carried(final), carried(restored), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # 4. 1 vs 4 micro-batches, on the next step's batch
     state, batch = prepare_step(name, trainer, jax.tree.map(jnp.copy, final), STEPS)

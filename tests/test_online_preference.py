@@ -6,17 +6,20 @@ tests/test_every_algorithm.py). Microbatch invariance, no-recompile and
 extreme-value finiteness are in tests/test_every_algorithm.py."""
 
 import importlib
+import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from run_helpers import load_config
+from test_microbatch_invariance import invariance_length  # noqa: F401 (registers the reward)
 
 import jaxrl_llm as jrl
 from jaxrl_llm.losses.policy import full_kl
 from jaxrl_llm.train.forward import batch_policy_outputs
-from jaxrl_llm.train.steps import with_normalisers
+from jaxrl_llm.train.steps import TrainState, next_round, with_normalisers
 
 ext = importlib.import_module("ext_algorithms.ppo_reward_model")  # tests/ is on sys.path
 
@@ -135,22 +138,18 @@ def test_superhf_objective_by_hand():
 def test_config_runs_with_a_reward_model(name, tfds_dir, tmp_path):
     """`configs/<name>_arithmetic.py:rm,smoke` ranked by an auxiliary reward model (the
     verifier-ranked `:smoke` configs run in tests/test_every_algorithm.py)."""
-    source = "rm"
     config = load_config(f"{name}_arithmetic", "rm,smoke")
     config.data.data_dir = tfds_dir
     config.sft.steps = 0
     config.train.update(steps=2, checkpoint_every=2)
     config.eval.update(every=0, num_prompts=8, batch_size=8, pass_k=0)
-    if source == "rm":
-        rm = ext.write_reward_model(str(tmp_path / "rm"), config.tokenizer.alphabet)
-        config.aux_models.rm.checkpoint = rm
+    config.aux_models.rm.checkpoint = ext.write_reward_model(str(tmp_path / "rm"), config.tokenizer.alphabet)
     workdir = str(tmp_path / "run")
     jrl.Trainer(config, workdir).fit()
     rows = [r for r in jrl.read_metrics(workdir, phase="main") if "loss" in r]
     assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
-    for r in rows:
-        if source == "rm":  # the reward model ranks; the verifier is logged at weight 0
-            assert r["reward_mean"] == pytest.approx(r["reward/rm"], abs=1e-5) and "reward/exact_match" in r
+    for r in rows:  # the reward model ranks; the verifier is logged at weight 0
+        assert r["reward_mean"] == pytest.approx(r["reward/rm"], abs=1e-5) and "reward/exact_match" in r
         key = "pairs/tie_fraction" if name == "online_dpo" else "superhf/kept_reward"
         assert key in r
 
@@ -186,3 +185,64 @@ def test_brain_weights_transform_golden_and_objective_by_hand():
     objective = jrl.make_algorithm("brain", num_samples=3).objective
     loss, _ = objective(jrl.ModelOutputs(logp=logp), with_normalisers(out), ())
     np.testing.assert_allclose(loss, -(0.146954 * -1 + 0.146954 * -2 - 0.293909 * -3), atol=1e-5)
+
+
+def test_next_round_golden(tiny_config):
+    """`steps.next_round` by hand: α = 0 copies the policy into the reference; α = 0.3 moves
+    the policy to θ̂ + 0.3 (θ̂ − θ̂_prev), the reference with it, and keeps θ̂ as the anchor."""
+    theta = {"w": jnp.asarray([1.0, -2.0]), "b": jnp.asarray([0.5])}
+    prev = {"w": jnp.asarray([0.0, -1.0]), "b": jnp.asarray([1.5])}
+    state = TrainState(step=0, params=theta, opt_state=None, algo_state=(), rng=None, ref_params=prev)
+    plain = next_round(state, jrl.Rounds(5), tiny_config)
+    np.testing.assert_array_equal(plain.ref_params["w"], theta["w"])
+    assert plain.ref_params["w"] is not plain.params["w"] and plain.anchor_params is None
+    apo = next_round(state._replace(anchor_params=prev), jrl.Rounds(5, 0.3), tiny_config)
+    np.testing.assert_allclose(apo.params["w"], [1.3, -2.3], atol=1e-6)
+    np.testing.assert_allclose(apo.params["b"], [0.2], atol=1e-6)
+    np.testing.assert_allclose(apo.ref_params["w"], [1.3, -2.3], atol=1e-6)
+    np.testing.assert_array_equal(apo.anchor_params["w"], theta["w"])
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_apo_resumes_across_a_round_boundary_bit_identically(tfds_dir, tmp_path, capsys):
+    """APO over 3 steps with a boundary before step 3 (the reference moves to the extrapolated
+    policy, the anchor to the round's end); stopped after step 2, it resumes and ends with the
+    same state, bit for bit, as the uninterrupted run."""
+    config = load_config("apo_arithmetic", "smoke")
+    config.data.data_dir = tfds_dir
+    config.rewards = {"invariance_length": 1.0}  # varies within a random policy's groups
+    config.sft.steps = 0
+    config.algo.round_steps = 2
+    config.train.update(steps=3, checkpoint_every=1, keep_checkpoints=3)
+    config.eval.update(every=0, before=False, num_prompts=8, batch_size=8, pass_k=0)
+    full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+    jrl.Trainer(config, full).fit()
+    rows = [r for r in jrl.read_metrics(full, phase="main") if "loss" in r]
+    assert [r["round"] for r in rows] == [0, 0, 1]
+    shutil.copytree(full, resumed)
+    with jrl.Checkpointer(os.path.join(resumed, "checkpoints", "main")) as ckpt:
+        ckpt.delete(3)
+    capsys.readouterr()
+    jrl.Trainer(config, resumed).fit()
+    assert "resuming from the checkpoint at step 2" in capsys.readouterr().out
+    a, b = _final_checkpoint(full), _final_checkpoint(resumed)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True):
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes(), jax.tree_util.keystr(path)
+    # after the boundary the reference is the extrapolated policy, not the anchor (θ̂ of round 0)
+    assert not np.array_equal(a["ref_params"]["lm_head"], a["anchor_params"]["lm_head"])
+
+
+def _final_checkpoint(workdir):
+    with jrl.Checkpointer(os.path.join(workdir, "checkpoints", "main")) as ckpt:
+        state, meta = ckpt.restore()
+    assert meta["done"]
+    return state
+
+
+def test_apo_under_lora_is_refused_naming_the_fields(tfds_dir, tmp_path):
+    config = load_config("apo_arithmetic", "smoke")
+    config.data.data_dir = tfds_dir
+    config.model.lora.rank = 4
+    with pytest.raises(jrl.ConfigError, match=r"algo\.alpha=0\.3.*model\.lora\.rank=4"):
+        jrl.Trainer(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -63,6 +63,30 @@ def reward_model_source(c: ml_collections.ConfigDict, name: str = "rm") -> ml_co
     return c
 
 
+def online_pairs_config(algo: str, arg: str | None = None, **algo_overrides) -> ml_collections.ConfigDict:
+    """The online-pairs arithmetic job shared by online_dpo / iterative_dpo / apo's configs:
+    the GRPO job's SFT warm-start, 100 steps of 32 prompts x 8 samples ranked by the
+    verifier ('rm' in `arg`: by an auxiliary reward model, `reward_model_source`), β 0.1,
+    max-min pairs, evaluation every 25 steps; 'smoke': the tests' size (4 samples)."""
+    parts = set(filter(None, (arg or "").split(",")))
+    if parts - {"rm", "smoke"}:
+        raise ValueError(f"unknown config argument {arg!r}; use 'rm', 'smoke', 'rm,smoke' or nothing")
+    c = base_config()
+    c.name = f"{algo}_arithmetic"
+    c.algo = algo_config(algo, beta=0.1, num_samples=8, choose="max_min", **algo_overrides)
+    c.sampling.num_samples = 8
+    c.train.update(steps=100, batch_size=32)
+    c.optimizer.learning_rate = 1e-4
+    c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
+    c.eval.every = 25
+    if "rm" in parts:
+        reward_model_source(c)
+    if "smoke" in parts:
+        preference_smoke(c)
+        c.algo.num_samples = c.sampling.num_samples = 4
+    return c
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.job = "train"

@@ -21,7 +21,7 @@ from jaxrl_llm.models.transformer import remat_compiler_options
 from jaxrl_llm.objectives import NUM_CHOSEN_TOKENS, loss_mask, token_mean
 from jaxrl_llm.train.forward import batch_policy_outputs, batch_reward_outputs, critic_values
 from jaxrl_llm.train.passes import old_policy_pass
-from jaxrl_llm.types import Algorithm, ModelOutputs, PassContext, PreferenceBatch, Rollout
+from jaxrl_llm.types import Algorithm, ModelOutputs, PassContext, PreferenceBatch, Rollout, Rounds
 
 
 class TrainState(NamedTuple):
@@ -35,6 +35,7 @@ class TrainState(NamedTuple):
     ref_params: Any = None
     critic_params: Any = None
     critic_opt_state: Any = None
+    anchor_params: Any = None  # θ̂_t, the policy at the end of the last round (`Rounds`, α > 0)
 
 
 def reference_params(state: TrainState, model_config: TransformerConfig):
@@ -43,6 +44,32 @@ def reference_params(state: TrainState, model_config: TransformerConfig):
     if model_config.lora is not None:
         return lora.base_params(state.params)
     return state.ref_params
+
+
+def next_round(state: TrainState, rounds: Rounds, model_config: TransformerConfig) -> TrainState:
+    """The state after a round boundary of `rounds` (pure; the trainer jits it, the state
+    donated). With extrapolation α:
+
+        θ_{t+1} = θ̂_{t+1} + α (θ̂_{t+1} − θ̂_t)   (in float32, stored in each leaf's dtype)
+        reference ← θ_{t+1},   anchor_params ← θ̂_{t+1}
+
+    θ̂_{t+1} = `state.params`, θ̂_t = `state.anchor_params` (α > 0 only). Under LoRA (α = 0
+    only, validated) the adapters fold into the frozen base, which is the reference, and restart
+    from zero (`lora.merge_adapters(keep_adapters=True)`: the policy is unchanged). The optimiser
+    state carries on across the boundary."""
+    if model_config.lora is not None:
+        return state._replace(params=lora.merge_adapters(model_config, state.params, keep_adapters=True))
+    params, anchor = state.params, state.anchor_params
+    if rounds.extrapolation:
+        a = rounds.extrapolation
+
+        def extrapolate(new, old):
+            new32 = jnp.asarray(new, jnp.float32)
+            return (new32 + a * (new32 - jnp.asarray(old, jnp.float32))).astype(new.dtype)
+
+        anchor = jax.tree.map(jnp.copy, params)
+        params = jax.tree.map(extrapolate, params, state.anchor_params)
+    return state._replace(params=params, ref_params=jax.tree.map(jnp.copy, params), anchor_params=anchor)
 
 
 def state_shardings(
@@ -75,6 +102,7 @@ def state_shardings(
         ref_params=model(state.ref_params, "causal_lm"),
         critic_params=model(state.critic_params, "value"),
         critic_opt_state=optimizer(state.critic_opt_state, state.critic_params, "value"),
+        anchor_params=model(state.anchor_params, head),
     )
 
 

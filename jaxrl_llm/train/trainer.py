@@ -17,6 +17,7 @@ stops at the same step when any process got a signal; only process 0 writes file
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -44,7 +45,7 @@ from jaxrl_llm.train.config import base_config
 from jaxrl_llm.train.evaluation import EvaluationInterrupted, Evaluator
 from jaxrl_llm.train.metrics import MetricsWriter, read_metrics, summary_from_metrics
 from jaxrl_llm.train.plots import plot_curves
-from jaxrl_llm.train.steps import TrainState, make_step_fns, reference_params, state_shardings
+from jaxrl_llm.train.steps import TrainState, make_step_fns, next_round, reference_params, state_shardings
 from jaxrl_llm.train.validation import check_workdir, validate_config, validate_model, validate_passes
 from jaxrl_llm.train.workdir import (
     atomic_write_json,
@@ -490,6 +491,10 @@ class Trainer:
             else None,
             critic_params=critic_params,
             critic_opt_state=critic_opt,
+            # θ̂_0 for APO's first extrapolation (Rounds with α > 0)
+            anchor_params=jax.tree.map(jnp.copy, params)
+            if algo.rounds and algo.rounds.extrapolation
+            else None,
         )
         if self.partitioning is None:
             return state
@@ -619,7 +624,12 @@ class Trainer:
                 stop = self._periodic_evaluation(phase, ckpt, state, global_step, meta, signals)
             while global_step < end and not stop:
                 t0 = time.perf_counter()
+                rounds = phase.algorithm.rounds
+                if rounds and global_step > start and (global_step - start) % rounds.steps == 0:
+                    state = self._next_round(phase, state)  # a boundary: the reference moves on
                 state, metrics = self._step(phase, state, dataset, extra, global_step - start)
+                if rounds:
+                    metrics["round"] = (global_step - start) // rounds.steps
                 global_step = int(state.step)
                 signals.clean = False  # a step the last checkpoint lacks
                 metrics["step_time"] = time.perf_counter() - t0
@@ -706,6 +716,17 @@ class Trainer:
                 donate_prepare=True,  # no copy of the state per step (the first one consumes init_params)
             )
         return self._step_fn_cache[key]
+
+    def _next_round(self, phase: Phase, state: TrainState) -> TrainState:
+        """`steps.next_round` (jitted once per phase, the state donated; sharded like the state)."""
+        key = ("next_round", phase.name)
+        if key not in self._step_fn_cache:
+            fn = functools.partial(next_round, rounds=phase.algorithm.rounds, model_config=self.model_config)
+            out = None
+            if self.partitioning is not None:
+                out = state_shardings(state, self.model_config, self.partitioning, phase.algorithm.head)
+            self._step_fn_cache[key] = (jax.jit(fn, donate_argnums=0, out_shardings=out),)
+        return self._step_fn_cache[key][0](state)
 
     def _step(self, phase: Phase, state: TrainState, dataset, extra, index: int):
         cfg = self.config.train

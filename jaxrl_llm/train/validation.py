@@ -97,6 +97,22 @@ def validate_config(config, algorithm: Algorithm) -> None:
         )
     if algorithm.value_objective is not None:
         _optimizer(config, "critic.optimizer", config.critic.optimizer)
+    if algorithm.rounds is not None:
+        r = algorithm.rounds
+        _require(
+            isinstance(r.steps, int) and r.steps > 0,
+            "algo.round_steps",
+            r.steps,
+            "must be a positive integer",
+        )
+        lora_rank = config.model.get("lora", {}).get("rank", 0)
+        if r.extrapolation and lora_rank:
+            raise ConfigError(
+                f"config field algo.alpha={r.extrapolation!r} (APO's extrapolation of the parameters between "
+                f"rounds) needs full fine-tuning, but model.lora.rank={lora_rank}: extrapolating the adapters "
+                "alone is not the method; set --config.model.lora.rank=0 or --config.algo.alpha=0 "
+                "(iterative DPO, which works under LoRA)"
+            )
     if config.sft.steps:
         _positive_int(config, "sft.steps")
         _positive_int(config, "sft.batch_size")
