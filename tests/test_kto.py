@@ -404,6 +404,20 @@ def test_malformed_records_are_named(tmp_path, chat_tokenizer, record, kind, mes
         dataset(source, chat_tokenizer, batch_size=2, seed=0, **kwargs)
 
 
+def test_kto_from_pairs_unpairs_each_pair(tmp_path, chat_tokenizer):
+    """TRL's `unpair_preference_dataset`: a pair gives its chosen completion (desirable) and its
+    rejected one (undesirable) under the same prompt."""
+    records = [{"prompt": f"{i}+1=", "chosen": str(i + 1), "rejected": str(i + 2)} for i in range(3)]
+    source = jsonl_source(tmp_path, records)
+    kwargs = dict(batch_size=6, max_prompt_len=16, max_target_len=3, seed=0, shuffle=False)
+    pipeline.check_preference_records(source, chat_tokenizer, ["unpaired"], max_prompt_len=16, max_target_len=3)
+    batch = jrl.unpaired_dataset(source, chat_tokenizer, **kwargs)[0]
+    assert list(batch["prompts"]) == ["0+1=", "0+1=", "1+1=", "1+1=", "2+1=", "2+1="]
+    assert list(batch["completion"]) == ["1", "2", "2", "3", "3", "4"]
+    np.testing.assert_array_equal(batch["label"], [1, 0, 1, 0, 1, 0])
+    assert list(batch["kl_completion"]) == ["4", "1", "2", "2", "3", "3"]
+
+
 def test_record_formats_must_suit_the_algorithm(tmp_path, chat_tokenizer):
     unpaired = jsonl_source(tmp_path, [{"prompt": "1+1=", "completion": "2", "label": True}], "u")
     pairs = jsonl_source(tmp_path, [{"prompt": "1+1=", "chosen": "2", "rejected": "3"}], "p")
@@ -412,8 +426,6 @@ def test_record_formats_must_suit_the_algorithm(tmp_path, chat_tokenizer):
         DatasetFieldError, match=r"prompt/completion/label records.*data='preference'.*algo\.name"
     ):
         pipeline.check_preference_records(unpaired, chat_tokenizer, ["preference"], **kwargs)
-    with pytest.raises(DatasetFieldError, match=r"prompt/chosen/rejected records.*data='unpaired'"):
-        jrl.unpaired_dataset(pairs, chat_tokenizer, batch_size=2, seed=0, **kwargs)
     with pytest.raises(DatasetFieldError, match=r"data='supervised'.*sft\.steps=0"):
         pipeline.check_preference_records(pairs, chat_tokenizer, ["preference", "supervised"], **kwargs)
     with pytest.raises(

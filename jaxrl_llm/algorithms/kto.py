@@ -30,7 +30,9 @@ it (z0 is then the mean over the mini-batch's pairs, still mismatched).
 
 Data: question/answer records give their correct final answer (desirable) or a wrong one
 (undesirable), `config.data.desirable_fraction` of them desirable (default 0.5); JSON-lines records in TRL's unpaired
-format {"prompt", "completion", "label"} (texts or chat messages) give their own.
+format {"prompt", "completion", "label"} (texts or chat messages) give their own; prompt/chosen/rejected
+pairs give two examples each, the chosen desirable and the rejected not (TRL's
+`unpair_preference_dataset`, `pipeline.unpair_records`).
 
 z0 is a mini-batch-wide quantity of the current policy: it comes through `Algorithm.statistics`
 (Σ of the pairs' log-ratios and the number of desirable examples, summed by the trainer over

@@ -550,12 +550,15 @@ def unpaired_dataset(
     i) (undesirable). Records with a completion field (`sources.record_format` 'unpaired', TRL's
     format): {"prompt": text or messages, "completion": text or messages, "label": true/false
     or 1/0}, all checked here, before the first batch (`conversation_parts`, `parse_label`).
+    Prompt/chosen/rejected pairs give two examples each (`unpair_records`).
     class_weights (λ_D, λ_U): given, the dataset's class counts are checked with
     `check_class_balance` (a warning).
     """
     fmt = _format_for(source, "unpaired")
-    if fmt == "unpaired":
-        records = preference_records(source, tokenizer, "unpaired", chat=chat, instruction=instruction)
+    if fmt in ("unpaired", "pairs"):
+        records = preference_records(source, tokenizer, fmt, chat=chat, instruction=instruction)
+        if fmt == "pairs":
+            records = unpair_records(records)
         labels = np.array([r["label"] > 0 for r in records], bool)
         stream, prepare = records, _indexed(len(records))
     else:
@@ -599,6 +602,19 @@ def unpaired_dataset(
     )
 
 
+def unpair_records(pairs: list[dict]) -> list[dict]:
+    """KTO from paired data (TRL's `unpair_preference_dataset`): each {"prompt", "chosen",
+    "rejected"} record gives {"prompt", "completion": chosen, "label": 1.0} then {"prompt",
+    "completion": rejected, "label": 0.0}; 2N examples, half desirable. A batch's KL completion
+    is the previous row's (`unpaired_dataset`): after shuffling it rarely comes from the same
+    pair (unshuffled, every rejected row's would be its own prompt's chosen completion)."""
+    return [
+        {"prompt": r["prompt"], "completion": r[side], "label": label}
+        for r in pairs
+        for side, label in (("chosen", 1.0), ("rejected", 0.0))
+    ]
+
+
 # ---- records in TRL's preference formats -----------------------------------------------------------
 
 _FORMAT_FIELDS = {
@@ -606,7 +622,7 @@ _FORMAT_FIELDS = {
     "pairs": "prompt/chosen/rejected",
     "unpaired": "prompt/completion/label",
 }
-_ACCEPTED_FORMATS = {"preference": ("question", "pairs"), "unpaired": ("question", "unpaired")}
+_ACCEPTED_FORMATS = {"preference": ("question", "pairs"), "unpaired": ("question", "unpaired", "pairs")}
 _FIX = "fix the record in the file of --config.data.path"
 
 
@@ -619,8 +635,8 @@ def _format_for(source, data_kind: str) -> str:
             f"the dataset's records are {_FORMAT_FIELDS[fmt]} records (record 0 has fields "
             f"{sorted(source[0])}), which an algorithm with data={data_kind!r} cannot train on: it "
             f"needs {' or '.join(_FORMAT_FIELDS[f] for f in accepted)} records. Choose another "
-            "algorithm (config field algo.name; prompt/chosen/rejected pairs: the DPO family, "
-            "prompt/completion/label: kto) or another dataset (data.path)"
+            "algorithm (config field algo.name; prompt/chosen/rejected pairs: the DPO family or "
+            "kto, prompt/completion/label: kto) or another dataset (data.path)"
             + (
                 ", and set sft.steps=0 (SFT trains on question/answer records)"
                 if data_kind == "supervised"
