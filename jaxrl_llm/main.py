@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 from jaxrl_llm.distributed import initialize_distributed
 from jaxrl_llm.sample_job import run_sampling
+from jaxrl_llm.train.ensemble import train_reward_ensemble
 from jaxrl_llm.train.trainer import Interrupted, train
 from jaxrl_llm.train.workdir import (  # noqa: F401  (the documented statuses, importable from here)
     EXIT_SIGINT,
@@ -32,7 +33,7 @@ from jaxrl_llm.train.workdir import (  # noqa: F401  (the documented statuses, i
     exit_status,
 )
 
-JOBS = {"sample": run_sampling, "train": train}
+JOBS = {"sample": run_sampling, "train": train, "reward_ensemble": train_reward_ensemble}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs (samples, logs, checkpoints).")
@@ -54,7 +55,7 @@ def main(argv):
         raise app.UsageError(f"config.job={config.job!r} is not one of {sorted(JOBS)}")
     initialize_distributed(config.get("distributed"))  # before any JAX computation
     workdir = _WORKDIR.value
-    if workdir is None and config.job == "train":
+    if workdir is None and config.job in ("train", "reward_ensemble"):
         workdir = os.path.join("runs", config.name)
     try:
         JOBS[config.job](config, workdir)

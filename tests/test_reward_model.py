@@ -18,7 +18,9 @@ from test_aux_models import independent_scores
 import jaxrl_llm as jrl
 from jaxrl_llm.algorithms.registry import check_algorithm
 from jaxrl_llm.losses.reward import bradley_terry_loss
-from jaxrl_llm.models.auxiliary import load_aux_model, reward_scores
+from jaxrl_llm.models.auxiliary import load_aux_model, load_aux_models, reward_scores
+from jaxrl_llm.rewards.models import RewardSources
+from jaxrl_llm.train.ensemble import reward_ensemble_source, train_reward_ensemble
 from jaxrl_llm.train.evaluation import calibration_error
 
 
@@ -167,3 +169,40 @@ def test_grpo_rewarded_by_the_trained_reward_model(rm_run, tfds_dir):
     for r in main:
         assert np.isfinite(r["reward/rm"]) and r["reward_mean"] == pytest.approx(r["reward/rm"], abs=1e-5)
         assert "reward/exact_match" in r
+
+
+def test_reward_ensemble_job_trains_disjoint_members_and_feeds_grpo(tfds_dir, tmp_path):
+    """`job='reward_ensemble'`: two smoke reward models on disjoint slices of the training pairs,
+    and an ensemble.json a GRPO config takes as its reward source (UWO of the two)."""
+    config = load_config("reward_model_arithmetic", "smoke")
+    config.data.data_dir = tfds_dir
+    config.sft.steps = 0
+    config.train.update(steps=2, checkpoint_every=2)
+    config.eval.update(every=0, num_prompts=8, batch_size=8)
+    config.job = "reward_ensemble"
+    config.ensemble.update(members=2, split="subset", records=32)
+    spec = train_reward_ensemble(config, str(tmp_path / "ens"))
+    assert sorted(spec["aux_models"]) == ["rm0", "rm1"]
+    assert spec["reward_ensembles"]["rm"] == {"members": "rm0,rm1", "combine": "mean_minus_var", "coef": 0.5}
+    snapshots = [json.load(open(tmp_path / "ens" / f"member{k}" / "config.json")) for k in range(2)]
+    assert [(s["seed"], s["data"]["train_offset"], s["data"]["train_records"]) for s in snapshots] == [
+        (0, 0, 32),
+        (1, 32, 32),
+    ]
+    grpo = reward_ensemble_source(load_config("grpo_arithmetic", "smoke"), str(tmp_path / "ens"))
+    models = load_aux_models(grpo.aux_models)
+    sources = RewardSources(grpo.rewards, models, grpo.reward_ensembles)
+    assert sorted(sources.ensembles) == ["rm"] and sorted(sources.weights) == ["exact_match", "rm"]
+    a, b = (np.asarray(jax.tree.leaves(models[m].params["score"])[0]) for m in ("rm0", "rm1"))
+    assert not np.array_equal(a, b)
+
+
+def test_reward_ensemble_job_checks_its_fields_first(tmp_path):
+    config = load_config("reward_model_arithmetic", "smoke")
+    config.ensemble.update(split="subset", records=0)
+    with pytest.raises(jrl.ConfigError, match=r"ensemble\.records=0"):
+        train_reward_ensemble(config, str(tmp_path / "ens"))
+    config.ensemble.update(split="bootstrap")
+    with pytest.raises(jrl.ConfigError, match=r"ensemble\.split='bootstrap'"):
+        train_reward_ensemble(config, str(tmp_path / "ens"))
+    assert not (tmp_path / "ens").exists()

@@ -89,7 +89,7 @@ def online_pairs_config(algo: str, arg: str | None = None, **algo_overrides) -> 
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.job = "train"
+    c.job = "train"  # 'train' | 'sample' (jaxrl_llm/sample_job.py) | 'reward_ensemble' (train/ensemble.py)
     c.name = "run"  # default workdir: runs/<name>
     c.seed = 0
     c.progress = True  # tqdm progress bars
@@ -161,6 +161,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Reward-model ensembles: {name: {members: 'rm_a,rm_b', combine: 'mean' | 'min' |
     # 'mean_minus_var' | 'mean_minus_std', coef: lambda of mean - lambda * var (or std)}}.
     c.reward_ensembles = ml_collections.ConfigDict()
+    # job='reward_ensemble' (jaxrl_llm/train/ensemble.py): `members` reward models of this config,
+    # split 'seed' (seed + k) or 'subset' (disjoint slices of `records` training records), and
+    # <workdir>/ensemble.json combining them by `combine` with `coef`.
+    c.ensemble = ml_collections.ConfigDict(
+        dict(members=3, split="seed", records=0, combine="mean_minus_var", coef=0.5)
+    )
     # Rollout strategy: name '' uses the algorithm's own (default group sampling); otherwise a
     # registered strategy (group_sampling, dynamic_sampling, greedy_baseline, best_of_n,
     # multi_turn, ...) whose other fields here are its arguments (jaxrl_llm/rollout/strategies.py).
