@@ -12,9 +12,9 @@ several seeds: the table of experiments/README.md ("Preference methods").
    examples), Adam 1e-4, each method's defaults except `SETTINGS`. TGDPO's token-level reward
    model is the seed's DPO run (its final checkpoint); MODPO's margin model is the reward model
    `--rm` (an HF reward-model directory, e.g. experiments/reward_model.py's export).
-3. Online methods (`configs/online_dpo_arithmetic.py`, `configs/superhf_arithmetic.py`): the
-   algorithms table's RL budget, `--online_steps` steps of 32 prompts x 8 samples, ranked by
-   the exact-match verifier (Adam 1e-4, the configs' rate).
+3. Online methods (`configs/<method>_arithmetic.py`: online DPO, iterative DPO and APO in 3
+   rounds of 17 steps, SuperHF): the algorithms table's RL budget, `--online_steps` steps of 32
+   prompts x 8 samples, ranked by the exact-match verifier (Adam 1e-4, the configs' rate).
 4. The matched control: `sft` on the chosen answers (the correct ones), the offline budget:
    CPO, ORPO and RPO add an NLL term on exactly those answers.
 5. Measured at the end on the test split: greedy accuracy and pass@8 on 512 questions (the
@@ -40,12 +40,16 @@ import algorithms_table  # noqa: E402
 import reward_model as rm_experiment  # noqa: E402
 
 OFFLINE = ("dpo", "ipo", "simpo", "cpo", "orpo", "rpo", "flex_dpo", "kto", "tgdpo", "modpo")
-ONLINE = ("online_dpo", "superhf")
+ONLINE = ("online_dpo", "iterative_dpo", "apo", "superhf")
 CONTROL = ("sft",)  # supervised on the chosen (correct) answers, the same budget: the matched control
-CONFIGS = {"kto": "kto_arithmetic", "online_dpo": "online_dpo_arithmetic", "superhf": "superhf_arithmetic"}
+CONFIGS = {m: f"{m}_arithmetic" for m in ("kto",) + ONLINE}
 # Hyper-parameters that differ from the defaults: Flex-DPO's defaults are DPO, so its row uses
-# the paper's reading β_l < β_w.
-SETTINGS = {"flex_dpo": {"beta_rejected": 0.05}}
+# the paper's reading β_l < β_w; iterative DPO and APO run 3 rounds of the online budget.
+SETTINGS = {
+    "flex_dpo": {"beta_rejected": 0.05},
+    "iterative_dpo": {"round_steps": 17},
+    "apo": {"round_steps": 17, "alpha": 0.3},
+}
 
 
 def run_config(method: str, seed: int, warm: str, args):
