@@ -36,6 +36,7 @@ from jaxrl_llm.algorithms.dpo import (
 from jaxrl_llm.algorithms.grpo import copo, dr_grpo, gpg, grpo, grpo_lambda, ngrpo
 from jaxrl_llm.algorithms.gspo import gmpo, gspo, gspo_token
 from jaxrl_llm.algorithms.kto import kto
+from jaxrl_llm.algorithms.multi_label import multi_label_rm
 from jaxrl_llm.algorithms.online import brain, online_dpo, superhf
 from jaxrl_llm.algorithms.ppo import p3o, pf_ppo, ppo, ppo_max
 from jaxrl_llm.algorithms.reinforce import asymre, opmd, reinforce_pp, reinforce_pp_baseline, remax, rloo
@@ -47,6 +48,7 @@ from jaxrl_llm.data.pipeline import (
     UnencodableTextError,
     preference_dataset,
     prompt_dataset,
+    scored_dataset,
     sft_dataset,
     unpaired_dataset,
 )
@@ -342,6 +344,7 @@ __all__ = [
     "mismatch_metrics",
     "ModelOutputs",
     "modpo",
+    "multi_label_rm",
     "multi_turn",
     "named_chain",
     "ngrpo",
@@ -427,6 +430,7 @@ __all__ = [
     "score_completions",
     "Scores",
     "select_rows",
+    "scored_dataset",
     "sequence_logps",
     "sequence_mean",
     "sft",

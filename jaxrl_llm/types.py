@@ -148,7 +148,8 @@ class ModelOutputs(NamedTuple):
       computed with the current parameters, no gradient), else None.
     scores: [N] one scalar per row from the trained model's reward head (algorithms with
       `head='reward'`: a reward model; for a `PreferenceBatch` the chosen rows, then the
-      rejected rows, [2B]), else None. logp and entropy are then None.
+      rejected rows, [2B]), or [N, K] for a multi-label reward model (model num_labels K > 1),
+      else None. logp and entropy are then None.
     kl: [B, T] the exact KL between the full next-token distributions of the policy and the
       frozen reference at every response position (algorithms with `full_kl` set), else None.
     """
@@ -277,8 +278,10 @@ class Algorithm(NamedTuple):
 
     data: 'rollout' (collected online by `strategy` and scored), 'preference' (offline pairs),
       'unpaired' (offline single completions labelled desirable / undesirable, KTO: a
-      `PreferenceBatch` laid out as documented there) or 'supervised' (targets from the
-      dataset, SFT).
+      `PreferenceBatch` laid out as documented there), 'supervised' (targets from the
+      dataset, SFT) or 'scored' (offline completions with K real-valued labels, for a
+      multi-label reward model: a `Rollout` whose responses are the completions, with
+      extras['labels'] [B, K] float32 in [0, 1]; `data.pipeline.scored_dataset`).
     transform: writes rewards/advantages/... into the batch, once per batch before updates; may
       change the batch's rows or type (documented on `RolloutTransform`).
     objective: policy loss, pure function of arrays (contract in the module docstring).
@@ -289,7 +292,8 @@ class Algorithm(NamedTuple):
     whole_groups: the objective couples the rows of a group (DisCO, PACS, pairwise losses):
       mini-batches then take whole groups (the trainer permutes groups, not rows) and
       micro-batches split only at group boundaries; the batch the transform returns must keep
-      each group's rows consecutive (checked every step).
+      each group's rows consecutive (checked every step). Groups are a Rollout's group_ids,
+      or a PreferenceBatch's extras['group_ids'] (rows a `pair_records` made together, SRPO).
     statistics: `(outputs, batch, state) -> dict of arrays`, or None. Each value is a SUM over
       the rows of `batch` (a micro-batch) of a quantity of the current policy (`outputs` are
       stop-gradient'ed); the trainer totals them over the whole mini-batch with the parameters
@@ -306,10 +310,11 @@ class Algorithm(NamedTuple):
       Needs `statistics`.
     head: the head of the model the algorithm trains: 'causal_lm' (a policy: `outputs.logp`,
       `outputs.entropy`) or 'reward' (a reward model, `RewardModel`: a scalar per sequence in
-      `outputs.scores`). A 'reward' phase starts from the previous phase's (or the initial)
-      trunk with a zero-initialised score head; its checkpoints hold the reward model, which
-      `save_checkpoint(..., head='reward')` exports as `*ForSequenceClassification` and
-      `config.aux_models` loads from its step directory with head 'reward'.
+      `outputs.scores`, or K of them with model.num_labels = K; data 'preference' or
+      'scored'). A 'reward' phase starts from the previous phase's (or the initial) trunk with
+      a zero-initialised score head; its checkpoints hold the reward model, which
+      `save_checkpoint(..., head='reward')` exports as `*ForSequenceClassification`
+      (num_labels K) and `config.aux_models` loads from its step directory with head 'reward'.
     full_kl: None, 'forward' or 'reverse': the update's forward also runs the frozen reference
       (no gradient) at the same positions and gives the objective `outputs.kl` [B, T], the
       exact KL over the whole vocabulary, 'forward' KL(π_ref ‖ π_θ) (SuperHF) or 'reverse'
@@ -317,6 +322,12 @@ class Algorithm(NamedTuple):
       micro-batch update; the trainer holds the reference.
     rounds: a `Rounds` (the reference refreshed from the policy every `rounds.steps` steps,
       optionally extrapolated: iterative DPO, APO), or None (a fixed reference).
+    pair_records: `(records: list[dict]) -> list[dict]`, or None (data='preference' only): host
+      side, maps the records of one data batch (texts: 'prompt', 'chosen', 'rejected', plus
+      'index' and 'answer') to the pairs the batch is tokenised from, before anything is
+      encoded; it may change their number (PPO-M: each pair becomes two pairs of completions
+      with a verbalised-confidence suffix, `jaxrl_llm.algorithms.calibration`). The records
+      of held-out evaluation are left as they are.
     """
 
     data: str
@@ -331,6 +342,7 @@ class Algorithm(NamedTuple):
     head: str = "causal_lm"
     full_kl: str | None = None
     rounds: Rounds | None = None
+    pair_records: Callable[[list], list] | None = None
 
     def needs(self) -> frozenset:
         """Union of the passes' needs ('reference', 'critic', 'aux:<name>'), and 'reference'

@@ -30,7 +30,7 @@ EXPECTED_API = {
     "log_odds", "logical_axes", "logprobs_and_entropy", "LoraConfig", "loss_mask", "make_algorithm",
     "make_mesh", "make_partitioning", "make_sampler", "make_source", "make_strategy", "math_answer",
     "merge_adapters", "mesh_config", "MetricsFileWarning", "MetricsWriter", "mismatch_metrics",
-    "ModelOutputs", "modpo", "multi_turn", "named_chain", "ngrpo", "nll", "NonFiniteLossError",
+    "ModelOutputs", "modpo", "multi_label_rm", "multi_turn", "named_chain", "ngrpo", "nll", "NonFiniteLossError",
     "normalisers", "normalize_rewards", "Observation", "old_logp", "old_policy_pass",
     "on_policy_distill", "opmd", "orpo", "overlong_penalty", "p3o", "pacs", "param_shardings",
     "Partitioning", "Pass", "pass_at_k", "PassContext", "pf_ppo", "pf_ppo_filter", "plot_curves",
@@ -41,14 +41,14 @@ EXPECTED_API = {
     "registered_algorithms", "registered_environments", "registered_strategies", "reinforce_pp",
     "reinforce_pp_advantages", "reinforce_pp_baseline", "rejection_mask", "remax",
     "remax_advantages", "replay", "reward_model", "reward_model_pass", "online_dpo", "preference_pairs", "brain", "brain_weights_transform", "superhf", "top_k_completions", "full_kl", "bradley_terry_loss", "reward_to_tokens", "RewardFunctionError",
-    "RewardModel", "rewards_vary", "RewardSources", "rloo", "rloo_advantages", "Rollout",
+    "RewardModel", "rewards_vary", "RewardSources", "rloo", "rloo_advantages", "Rollout", "Rounds",
     "rpo", "RolloutStrategy", "RolloutTransform", "sample_from_logits", "SampleOutput", "SamplingConfig",
     "sapo", "save_checkpoint", "Schedule", "schedule", "score_completions", "Scores", "select_rows",
     "sequence_logps", "sequence_mean", "sft", "simpo", "sft_dataset", "state_shardings", "StrategyContext",
     "sum_objectives", "TargetTooLongError", "teacher_pass", "tgdpo", "to_hf_config", "token_logprobs",
     "token_loss_objective", "token_mean", "Tokenizer", "top_entropy_tokens", "train", "Trainer", "TrainState",
     "Transformer", "TransformerConfig", "trpa", "truncated_is", "UnencodableTextError",
-    "unpaired_dataset", "UnsupportedModelError", "valid_group_scale", "value_loss", "ValueModel", "whiten_advantages",
+    "scored_dataset", "unpaired_dataset", "UnsupportedModelError", "valid_group_scale", "value_loss", "ValueModel", "whiten_advantages",
     "with_correction", "WorkdirFileError", "WorkdirLockedError"
 }  # fmt: skip
 
@@ -106,7 +106,7 @@ def test_sample_demo_loads_a_local_hf_checkpoint(tmp_path, tiny_config, tiny_par
 def test_unknown_job_is_a_clear_error(tmp_path):
     result = _main("--config=configs/sample_demo.py:smoke", "--config.job=tran", tmp_path=tmp_path)
     assert result.returncode != 0
-    assert "config.job='tran' is not one of ['sample', 'train']" in result.stderr
+    assert "config.job='tran' is not one of ['reward_ensemble', 'sample', 'train']" in result.stderr
 
 
 def test_unknown_reward_from_the_command_line_is_a_clear_error(tmp_path):

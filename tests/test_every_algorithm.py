@@ -64,6 +64,13 @@ def _binary(config, tmp_path):
     return config
 
 
+def _parity_judge(config, tmp_path):
+    """CGPO with a judge that about half of a random policy's samples pass (the arithmetic
+    judges, a finished number, pass few of them, some smoke batches none: no gradient)."""
+    config.algo.judges = "every_parity"
+    return config
+
+
 def _binary_two_minibatches(config, tmp_path):
     """Two updates per rollout on whole groups: the trainer permutes groups (whole_groups) and
     adds the old-policy pass."""
@@ -109,6 +116,7 @@ SETUPS = {  # name -> (config, tmp_path) -> config, applied after the default se
     "tgdpo": _token_reward_model,
     "modpo": _margin_models,
     "p3o": _pairs,
+    "cgpo": _parity_judge,
     **dict.fromkeys(["disco", "drpo", "trpa", "ngrpo", "grpo_lambda"], _binary),
     "pacs": _binary_two_minibatches,
 }
@@ -138,13 +146,19 @@ def current_logp(trainer, params, batch):
 def with_old_logp(trainer, params, batch):
     """The batch with logp_old as the old-policy pass would write it (when the algorithm's own
     passes did not): one pytree shape for the invariance and the extreme-ratio updates."""
-    if isinstance(batch, jrl.PreferenceBatch) or batch.logp_old is not None:
+    reward_model = trainer.algorithm.head == "reward"  # scored completions: no log-probs
+    if isinstance(batch, jrl.PreferenceBatch) or batch.logp_old is not None or reward_model:
         return batch
     return batch._replace(logp_old=current_logp(trainer, params, batch))
 
 
 def extreme(trainer, params, batch, zero_advantages: bool):
-    """log-ratios of ±50 against the old/behaviour (or reference) log-probs, alternating by token."""
+    """log-ratios of ±50 against the old/behaviour (or reference) log-probs, alternating by token
+    (a multi-label reward model, which has none: its labels ±50, alternating by aspect)."""
+    if "labels" in batch.extras:
+        labels = batch.extras["labels"]
+        sign = jnp.where(jnp.arange(labels.shape[1]) % 2 == 0, 1.0, -1.0)
+        return batch._replace(extras={**batch.extras, "labels": labels + EXTREME * sign})
     if isinstance(batch, jrl.PreferenceBatch):
         sign = jnp.where(jnp.arange(batch.chosen_ids.shape[1]) % 2 == 0, 1.0, -1.0)
         shift = lambda x: None if x is None else x + EXTREME * sign  # noqa: E731

@@ -410,7 +410,9 @@ def test_kto_from_pairs_unpairs_each_pair(tmp_path, chat_tokenizer):
     records = [{"prompt": f"{i}+1=", "chosen": str(i + 1), "rejected": str(i + 2)} for i in range(3)]
     source = jsonl_source(tmp_path, records)
     kwargs = dict(batch_size=6, max_prompt_len=16, max_target_len=3, seed=0, shuffle=False)
-    pipeline.check_preference_records(source, chat_tokenizer, ["unpaired"], max_prompt_len=16, max_target_len=3)
+    pipeline.check_preference_records(
+        source, chat_tokenizer, ["unpaired"], max_prompt_len=16, max_target_len=3
+    )
     batch = jrl.unpaired_dataset(source, chat_tokenizer, **kwargs)[0]
     assert list(batch["prompts"]) == ["0+1=", "0+1=", "1+1=", "1+1=", "2+1=", "2+1="]
     assert list(batch["completion"]) == ["1", "2", "2", "3", "3", "4"]

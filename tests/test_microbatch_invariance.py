@@ -43,7 +43,7 @@ import jaxrl_llm as jrl
 from jaxrl_llm.algorithms import get_factory, make_algorithm, registered_algorithms
 from jaxrl_llm.rollout.strategies import PromptBatch
 from jaxrl_llm.train.invariance import check_microbatch_invariance
-from jaxrl_llm.train.trainer import Trainer, grouped_layout
+from jaxrl_llm.train.trainer import Trainer, data_batch, grouped_layout
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -136,17 +136,8 @@ def prepare_step(name: str, trainer, state, index: int):
     if kind == "rollout":
         extra = trainer._datasets(phase, config.seed + 1 + 7919)
         batch, _ = trainer.collect(state, PromptBatch.from_dict(batch_np), extra, index)
-    elif kind == "supervised":
-        batch = jrl.Rollout(
-            prompt_ids=batch_np["prompt_ids"],
-            prompt_mask=batch_np["prompt_mask"],
-            response_ids=batch_np["target_ids"],
-            response_mask=batch_np["target_mask"],
-        )
     else:
-        fields = ("prompt_ids", "prompt_mask", "chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
-        extras = {"label": batch_np["label"]} if kind == "unpaired" else None  # KTO's labels
-        batch = jrl.PreferenceBatch(**{k: batch_np[k] for k in fields}, extras=extras)
+        batch = data_batch(kind, batch_np)
     batch = batch._replace(metrics={})
     prepare, _ = trainer._step_fns(phase, grouped_layout(batch, trainer.sampling.num_samples), False)
     batch, state = prepare(state, batch, {n: m.params for n, m in trainer.aux_models.items()})

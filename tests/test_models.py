@@ -572,11 +572,13 @@ def test_other_unsupported_options(changes, match):
         from_hf_config({**_hf_dims(), "model_type": "llama", **changes})
 
 
-def test_multi_label_classifier_rejected(own_checkpoint, tmp_path):
-    path = _copy_checkpoint(own_checkpoint, tmp_path / "ckpt")
-    _edit_config(path, architectures=["LlamaForSequenceClassification"], num_labels=2)
-    with pytest.raises(UnsupportedModelError, match="num_labels=2"):
-        load_checkpoint(path)
+def test_classifier_score_must_have_num_labels_rows(tiny_config, tiny_params, tmp_path):
+    # num_labels K > 1 loads (tests/test_multi_label.py); a score tensor of another K is refused.
+    params = {"trunk": tiny_params["trunk"], "score": np.zeros((tiny_config.d_model, 1), np.float32)}
+    save_checkpoint(str(tmp_path), tiny_config, params, head="reward")
+    _edit_config(str(tmp_path), num_labels=2, id2label={"0": "LABEL_0", "1": "LABEL_1"})
+    with pytest.raises(CheckpointMismatchError, match=r"'score\.weight' has shape \(1, 64\).*\(2, 64\)"):
+        load_checkpoint(str(tmp_path))
 
 
 def test_save_rejects_value_head(tiny_config, tiny_params, tmp_path):

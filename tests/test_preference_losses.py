@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from ext_algorithms.ppo_reward_model import write_reward_model
 from test_distill import ALPHABET, write_teacher
-from test_preference_family import pairs
+from test_preference_family import loss_of, pairs
 
 import jaxrl_llm as jrl
 from jaxrl_llm.algorithms import make_algorithm
+from jaxrl_llm.algorithms.srpo import srpo_records
 from jaxrl_llm.losses.policy import full_kl
 from jaxrl_llm.losses.preference import (
     apo_reference_logratio,
@@ -153,6 +154,27 @@ def _tgdpo(**kwargs):
     return tgdpo_loss(
         c["policy"], r["policy"], c["ref"], r["ref"], c["guide"], r["guide"], *TG_MASKS, **kwargs
     )
+
+
+def test_srpo_objective_on_three_rows_per_pair():
+    """The spec's pair (ℓ 0.072) and an all-zero pair (ℓ 0.6) as the algorithm's six rows, rows
+    3g, 3g + 1, 3g + 2 = x, revise(x, y_l), revise(x, y_w): the objective is their mean."""
+    chosen = [[0.5], [2.0], [1.0], [0.0], [0.0], [0.0]]
+    rejected = [[-0.5], [-1.0], [-3.0], [0.0], [0.0], [0.0]]
+    batch, logp = pairs(chosen, rejected, np.zeros((6, 1)), np.zeros((6, 1)))
+    loss, metrics = loss_of("srpo", with_normalisers(batch), logp)
+    np.testing.assert_allclose(loss, (0.072 + 0.6) / 2, atol=1e-6)
+    np.testing.assert_allclose(metrics["srpo_generative"], (0.16 + 1.0) / 2, atol=1e-6)
+    np.testing.assert_allclose(metrics["reward_accuracy"], 0.5, atol=1e-6)
+
+
+def test_srpo_records_make_three_rows_per_pair():
+    records = [{"prompt": "1+1=", "chosen": "2", "rejected": "3", "index": 7}]
+    rows = srpo_records("{prompt}{draft}\n{prompt}")(records)
+    assert [r["prompt"] for r in rows] == ["1+1=", "1+1=3\n1+1=", "1+1=2\n1+1="]
+    assert all(r["chosen"] == "2" and r["rejected"] == "3" and r["group"] == 0 for r in rows)
+    with pytest.raises(ValueError, match=r"algo\.template='\{prompt\}: '.*\{draft\}"):
+        make_algorithm("srpo", template="{prompt}: ")
 
 
 def test_tgdpo_loss_goldens():

@@ -2,7 +2,9 @@
 
 from jaxrl_llm.algorithms import (  # noqa: F401  (registers the factories)
     aux_dpo,
+    calibration,
     clipping,
+    constrained,
     dapo,
     discriminative,
     distill,
@@ -10,11 +12,13 @@ from jaxrl_llm.algorithms import (  # noqa: F401  (registers the factories)
     grpo,
     gspo,
     kto,
+    multi_label,
     online,
     ppo,
     reinforce,
     reward_model,
     sft,
+    srpo,
 )
 from jaxrl_llm.algorithms.registry import get_factory, make_algorithm, register, registered_algorithms
 

@@ -14,7 +14,7 @@ from jaxrl_llm.transforms.base import inject_hyperparams
 from jaxrl_llm.types import Algorithm, Pass, RolloutStrategy
 
 _ALGORITHMS = Registry("algorithm", "algo.name", "jaxrl_llm.register_algorithm")
-_DATA_KINDS = ("rollout", "preference", "unpaired", "supervised")
+_DATA_KINDS = ("rollout", "preference", "unpaired", "supervised", "scored")
 _HEADS = ("causal_lm", "reward")
 
 
@@ -78,11 +78,15 @@ def check_algorithm(algorithm: Algorithm, name: str) -> None:
             f"algorithm {name!r}: full_kl={algorithm.full_kl!r}; expected None, 'forward' or 'reverse' (a policy's KL)"
         )
     if algorithm.head == "reward" and (
-        algorithm.data != "preference" or algorithm.value_objective is not None
+        algorithm.data not in ("preference", "scored") or algorithm.value_objective is not None
     ):
         raise ValueError(
-            f"algorithm {name!r}: a reward model (head='reward') trains on preference pairs "
-            f"(data='preference', no value_objective); got data={algorithm.data!r}"
+            f"algorithm {name!r}: a reward model (head='reward') trains on preference pairs or scored "
+            f"completions (data='preference' or 'scored', no value_objective); got data={algorithm.data!r}"
         )
     if algorithm.strategy is not None and algorithm.data != "rollout":
         raise ValueError(f"algorithm {name!r}: a strategy collects rollouts, but data={algorithm.data!r}")
+    if algorithm.pair_records is not None and algorithm.data != "preference":
+        raise ValueError(
+            f"algorithm {name!r}: pair_records maps preference pairs, but data={algorithm.data!r}"
+        )

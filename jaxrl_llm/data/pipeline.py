@@ -10,6 +10,9 @@ Preference data comes from question/answer records (pairs and labels synthesised
 answer: `wrong_answer`) or from records in TRL's preference formats (`sources.record_format`):
 prompt/chosen/rejected pairs (`preference_dataset`) and prompt/completion/label unpaired
 examples (`unpaired_dataset`, KTO), as texts or chat-message lists (`conversation_parts`).
+Scored completions for multi-label reward models (`scored_dataset`) come from
+prompt/completion/labels records, or are synthesised from question/answer records
+(`jaxrl_llm.data.aspects`).
 """
 
 from __future__ import annotations
@@ -416,6 +419,7 @@ def preference_dataset(
     answer_field: str = "answer",
     shuffle: bool = True,
     num_epochs: int | None = None,
+    pair_records=None,
 ) -> grain.MapDataset:
     """Preference pairs for DPO-style methods: prompt_dataset's fields plus
 
@@ -429,6 +433,12 @@ def preference_dataset(
     "rejected": text}, or chat messages (`conversation_parts`: a "prompt" message list and/or
     chosen/rejected conversations ending with the assistant's completion; the prompt then needs
     data.chat=True); every record is checked here, before the first batch, and `answers` is ''.
+
+    pair_records: None, or `(records) -> records` (`Algorithm.pair_records`): each batch's
+    records (dicts with the texts 'prompt', 'chosen', 'rejected', and 'index', 'answer') are
+    replaced by what it returns before they are encoded, so B records may give another number
+    of rows (PPO-M: 2B). Records it gives an int 'group' become `group_ids` [rows]: the rows of
+    one group stay in one micro-batch for an algorithm with `whole_groups` (SRPO).
     """
     fmt = _format_for(source, "preference")
     if fmt == "pairs":
@@ -446,6 +456,8 @@ def preference_dataset(
             return {**r, "chosen": chosen, "rejected": wrong_answer(chosen, seed, r["index"])}
 
     def batch_fn(records):
+        if pair_records is not None:
+            records = pair_records(list(records))
         batch = _prompt_batch(records, tokenizer, max_prompt_len, chat)
         chosen, rejected = [r["chosen"] for r in records], [r["rejected"] for r in records]
         batch["chosen_ids"], batch["chosen_mask"] = _target_batch(
@@ -455,6 +467,8 @@ def preference_dataset(
             rejected, batch["index"], tokenizer, max_target_len
         )
         batch["chosen"], batch["rejected"] = np.array(chosen, dtype=str), np.array(rejected, dtype=str)
+        if "group" in records[0]:  # rows a pair_records made together (SRPO's three per pair)
+            batch["group_ids"] = np.array([r["group"] for r in records], np.int32)
         return batch
 
     return _stream(
@@ -615,14 +629,101 @@ def unpair_records(pairs: list[dict]) -> list[dict]:
     ]
 
 
+# ---- scored completions (multi-label reward models) ------------------------------------------------
+
+
+def scored_dataset(
+    source,
+    tokenizer,
+    *,
+    batch_size: int,
+    max_prompt_len: int,
+    max_target_len: int,
+    seed: int,
+    num_labels: int | None = None,
+    label_range=(0.0, 1.0),
+    chat: bool = False,
+    instruction: str = "",
+    question_field: str = "question",
+    answer_field: str = "answer",
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+) -> grain.MapDataset:
+    """Completions with K real-valued labels (`Algorithm.data == 'scored'`, a multi-label
+    reward model): prompt_dataset's fields plus
+
+      completion_ids, completion_mask: np.int32 [B, T]: the completion + EOS, right-padded to T;
+      labels: np.float32 [B, K], the completion's aspect scores in [0, 1];
+      completion: str [B], the completion texts.
+
+    Question/answer records: `aspects.aspect_example(final answer, seed, index)`, the final
+    answer or a near miss, bare or with a suffix, and its K = 3 synthetic aspect scores
+    (correctness, brevity, format); num_labels, when given, must be 3. Records with a labels
+    field (`sources.record_format` 'scored'): {"prompt": text or messages, "completion": text
+    or messages, "labels": [K numbers]}, all checked here, before the first batch
+    (`parse_labels`: K = num_labels when given, each label within `label_range`, config field
+    data.label_range, and mapped from it to [0, 1]).
+    """
+    fmt = _format_for(source, "scored")
+    if fmt == "scored":
+        records = preference_records(
+            source,
+            tokenizer,
+            "scored",
+            chat=chat,
+            instruction=instruction,
+            num_labels=num_labels,
+            label_range=label_range,
+        )
+        stream, prepare = records, _indexed(len(records))
+    else:
+        from jaxrl_llm.data.aspects import aspect_example, check_num_labels
+
+        check_num_labels(num_labels)
+        stream = source
+        prompt_fields = _prompt_fields(
+            len(source), tokenizer, chat, instruction, question_field, answer_field
+        )
+
+        def prepare(index, record):
+            r = prompt_fields(index, record)
+            completion, labels = aspect_example(final_answer(r["answer"]), seed, r["index"])
+            return {**r, "completion": completion, "labels": labels}
+
+    def batch_fn(records):
+        batch = _prompt_batch(records, tokenizer, max_prompt_len, chat)
+        completions = [r["completion"] for r in records]
+        batch["completion_ids"], batch["completion_mask"] = _target_batch(
+            completions, batch["index"], tokenizer, max_target_len
+        )
+        batch["labels"] = np.array([r["labels"] for r in records], np.float32)
+        batch["completion"] = np.array(completions, dtype=str)
+        return batch
+
+    return _stream(
+        stream,
+        prepare,
+        seed=seed,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        batch_size=batch_size,
+        batch_fn=batch_fn,
+    )
+
+
 # ---- records in TRL's preference formats -----------------------------------------------------------
 
 _FORMAT_FIELDS = {
     "question": "question/answer",
     "pairs": "prompt/chosen/rejected",
     "unpaired": "prompt/completion/label",
+    "scored": "prompt/completion/labels",
 }
-_ACCEPTED_FORMATS = {"preference": ("question", "pairs"), "unpaired": ("question", "unpaired", "pairs")}
+_ACCEPTED_FORMATS = {
+    "preference": ("question", "pairs"),
+    "unpaired": ("question", "unpaired", "pairs"),
+    "scored": ("question", "scored"),
+}
 _FIX = "fix the record in the file of --config.data.path"
 
 
@@ -636,7 +737,8 @@ def _format_for(source, data_kind: str) -> str:
             f"{sorted(source[0])}), which an algorithm with data={data_kind!r} cannot train on: it "
             f"needs {' or '.join(_FORMAT_FIELDS[f] for f in accepted)} records. Choose another "
             "algorithm (config field algo.name; prompt/chosen/rejected pairs: the DPO family or "
-            "kto, prompt/completion/label: kto) or another dataset (data.path)"
+            "kto, prompt/completion/label: kto, prompt/completion/labels: multi_label_rm) or another "
+            "dataset (data.path)"
             + (
                 ", and set sft.steps=0 (SFT trains on question/answer records)"
                 if data_kind == "supervised"
@@ -671,6 +773,39 @@ def parse_label(value, index: int) -> float:
         f"record {index} has label={value!r}; a label must be a boolean (true: desirable, false: "
         f"undesirable) or 0/1; {_FIX}"
     )
+
+
+def parse_labels(value, index: int, num_labels: int | None = None, label_range=(0.0, 1.0)) -> tuple:
+    """A scored record's labels: a non-empty list of K finite numbers (K = `num_labels` when
+    given: the reward head's outputs, config field model.num_labels), each within `label_range`
+    = (low, high) (the labels' scale, config field data.label_range), mapped to [0, 1] by
+    (y − low) / (high − low). Returns the K mapped floats; else a DatasetFieldError naming the
+    record. Example: [3, 1] with label_range (0, 4) -> (0.75, 0.25)."""
+    low, high = (float(x) for x in label_range)
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(
+            f"data.label_range={tuple(label_range)!r} must be (low, high) with finite low < high, the "
+            "scale of the records' labels; set --config.data.label_range"
+        )
+    numbers = isinstance(value, list | tuple) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    )
+    if not numbers or not value:
+        raise DatasetFieldError(
+            f"record {index} has labels={repr(value)[:200]}; expected a non-empty list of finite "
+            f"numbers (one score per aspect); {_FIX}"
+        )
+    if num_labels is not None and len(value) != num_labels:
+        raise DatasetFieldError(
+            f"record {index} has {len(value)} labels, but the reward head has model.num_labels="
+            f"{num_labels} outputs; set --config.model.num_labels={len(value)}, or {_FIX}"
+        )
+    if not all(low <= v <= high for v in value):
+        raise DatasetFieldError(
+            f"record {index} has labels {list(value)} outside data.label_range=({low:g}, {high:g}); "
+            f"set --config.data.label_range to the labels' scale (low, high), or {_FIX}"
+        )
+    return tuple((v - low) / (high - low) for v in value)
 
 
 def _message_list(value, index: int, field: str) -> list[dict]:
@@ -747,11 +882,15 @@ def render_prompt(prompt, tokenizer, chat: bool, instruction: str, index: int) -
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
 
 
-def preference_parts(record, fmt: str, index: int) -> tuple[str | list[dict], dict]:
+def preference_parts(
+    record, fmt: str, index: int, num_labels: int | None = None, label_range=(0.0, 1.0)
+) -> tuple[str | list[dict], dict]:
     """(prompt, fields) of one record of TRL's preference formats, every field checked; needs
     no tokenizer (the prompt is not rendered yet: a text or a message list):
     fmt 'pairs' -> fields {"chosen", "rejected"} (texts; chosen and rejected must hold the same
-    prompt), 'unpaired' -> {"completion": text, "label": 1.0 | 0.0}.
+    prompt), 'unpaired' -> {"completion": text, "label": 1.0 | 0.0}, 'scored' ->
+    {"completion": text, "labels": K floats in [0, 1]} (`parse_labels` with `num_labels` and
+    `label_range`).
     Raises DatasetFieldError naming the record (index) and what is wrong with it."""
     if not isinstance(record, dict):
         raise DatasetFieldError(f"record {index} is not a JSON object: {str(record)[:200]!r}; {_FIX}")
@@ -765,6 +904,14 @@ def preference_parts(record, fmt: str, index: int) -> tuple[str | list[dict], di
             )
         return prompt, {"chosen": chosen, "rejected": rejected}
     prompt, completion = conversation_parts(record, "completion", index)
+    if fmt == "scored":
+        if "labels" not in record:
+            raise DatasetFieldError(
+                f"record {index} has no field 'labels' (a list of K aspect scores); its fields are "
+                f"{sorted(record)}; {_FIX}"
+            )
+        labels = parse_labels(record["labels"], index, num_labels, label_range)
+        return prompt, {"completion": completion, "labels": labels}
     if "label" not in record:
         raise DatasetFieldError(
             f"record {index} has no field 'label' (true: desirable, false: undesirable); its fields "
@@ -774,16 +921,25 @@ def preference_parts(record, fmt: str, index: int) -> tuple[str | list[dict], di
 
 
 def preference_records(
-    source, tokenizer, fmt: str, *, chat: bool = False, instruction: str = "", indices=None
+    source,
+    tokenizer,
+    fmt: str,
+    *,
+    chat: bool = False,
+    instruction: str = "",
+    indices=None,
+    num_labels: int | None = None,
+    label_range=(0.0, 1.0),
 ) -> list[dict]:
     """Records of TRL's preference formats normalised to texts, every field checked
     (`preference_parts`): fmt 'pairs' -> [{"prompt", "chosen", "rejected"}], 'unpaired' ->
-    [{"prompt", "completion", "label": 1.0 | 0.0}]. "prompt" is the rendered prompt text
+    [{"prompt", "completion", "label": 1.0 | 0.0}], 'scored' -> [{"prompt", "completion",
+    "labels"}] (num_labels, label_range: `parse_labels`). "prompt" is the rendered prompt text
     (`render_prompt`). indices: which records (default all).
     Raises DatasetFieldError naming the first malformed record."""
     out = []
     for i in range(len(source)) if indices is None else indices:
-        prompt, fields = preference_parts(source[i], fmt, i)
+        prompt, fields = preference_parts(source[i], fmt, i, num_labels, label_range)
         out.append({"prompt": render_prompt(prompt, tokenizer, chat, instruction, i), **fields})
     return out
 
@@ -798,15 +954,27 @@ def check_preference_records(
     chat: bool = False,
     instruction: str = "",
     limit: int | None = None,
+    num_labels: int | None = None,
+    label_range=(0.0, 1.0),
 ) -> None:
-    """Start-up check of a dataset of preference records (`sources.record_format` 'pairs' or
-    'unpaired'; the trainer's `_check_data`): the format suits each of `data_kinds` (the phases'
-    `Algorithm.data`: 'supervised' for an SFT warm-start), and the first `limit` records (all if
-    None) are well formed (`preference_records`) and fit the prompt and target budgets
-    (PromptTooLongError / TargetTooLongError naming the record and the length needed)."""
+    """Start-up check of a dataset of preference records (`sources.record_format` 'pairs',
+    'unpaired' or 'scored'; the trainer's `_check_data`): the format suits each of `data_kinds`
+    (the phases' `Algorithm.data`: 'supervised' for an SFT warm-start), and the first `limit`
+    records (all if None) are well formed (`preference_records`; scored labels with
+    `num_labels`, `label_range`) and fit the prompt and target budgets (PromptTooLongError /
+    TargetTooLongError naming the record and the length needed)."""
     fmt = [_format_for(source, kind) for kind in data_kinds][0]
     n = len(source) if limit is None else min(limit, len(source))
-    records = preference_records(source, tokenizer, fmt, chat=chat, instruction=instruction, indices=range(n))
+    records = preference_records(
+        source,
+        tokenizer,
+        fmt,
+        chat=chat,
+        instruction=instruction,
+        indices=range(n),
+        num_labels=num_labels,
+        label_range=label_range,
+    )
     if not records:
         return
 

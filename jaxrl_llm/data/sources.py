@@ -16,7 +16,8 @@
 
 JSON-lines records may instead hold preference data in TRL's formats (`record_format`):
 prompt/chosen/rejected pairs (DPO family) or prompt/completion/label unpaired examples (KTO),
-texts or chat-message lists; `jaxrl_llm.data.pipeline` reads them.
+texts or chat-message lists, or prompt/completion/labels scored completions (multi-label reward
+models); `jaxrl_llm.data.pipeline` reads them.
 
 TFDS data is always written as array_record and read through `as_data_source`, so TensorFlow is
 never imported.
@@ -35,7 +36,7 @@ class DatasetFieldError(ValueError):
     record is malformed: a missing chosen/rejected/completion/label field, a bad label)."""
 
 
-RECORD_FORMATS = ("question", "pairs", "unpaired")
+RECORD_FORMATS = ("question", "pairs", "unpaired", "scored")
 
 
 def record_format(record: Mapping) -> str:
@@ -44,13 +45,18 @@ def record_format(record: Mapping) -> str:
       'pairs': {"prompt", "chosen", "rejected"}, TRL's preference format (DPO family); "prompt"
         may be absent when chosen/rejected are chat conversations that hold it;
       'unpaired': {"prompt", "completion", "label"}, TRL's unpaired preference format (KTO);
+      'scored': {"prompt", "completion", "labels"}, a completion with K real-valued aspect
+        scores (`labels`: a list of K numbers; multi-label reward models);
       'question': anything else, the GSM8K schema {question, answer} (field names from the data
         config); preference pipelines synthesise pairs / labels from the final answer.
 
-    Decided by the presence of "chosen"/"rejected" (pairs) or of "completion" or "prompt" +
-    "label" (unpaired); a dataset's format is that of its first record."""
+    Decided by the presence of "chosen"/"rejected" (pairs), else of "labels" (scored), else of
+    "completion" or "prompt" + "label" (unpaired); a dataset's format is that of its first
+    record."""
     if "chosen" in record or "rejected" in record:
         return "pairs"
+    if "labels" in record:
+        return "scored"
     if "completion" in record or ("prompt" in record and "label" in record):
         return "unpaired"
     return "question"

@@ -47,6 +47,9 @@ def ppo_m_loss(
     )
 
 
+PPO_C_ADJUSTMENTS = ("threshold", "difference")
+
+
 def ppo_c_rewards(
     reward_avg: Array,
     rewards: Array,
@@ -54,26 +57,33 @@ def ppo_c_rewards(
     alpha: float = 0.1,
     weight: float = 0.5,
     clip: float = 10.0,
+    adjustment: str = "threshold",
 ) -> tuple[Array, Array]:
     """PPO-C's calibrated reward (Leng et al., arXiv 2410.09724; official
-    `OpenRLHF/openrlhf/trainer/ppo_utils/calibrated_experience_maker.py`, adjustment_type
-    'threshold', avg_type 'mean'; defaults α 0.1, w 0.5 from `cli/train_cppo.py`): a pure
+    `OpenRLHF/openrlhf/trainer/ppo_utils/calibrated_experience_maker.py`, avg_type 'mean';
+    defaults α 0.1, w 0.5, adjustment 'threshold' from `cli/train_cppo.py`): a pure
     (state, inputs) -> (rewards, state) step with the state r̄, the EMA of the batch's mean reward
     (initialise it with the reward model's stored mean).
 
         r  ← clip(r, −clip, clip)                        (the RM's score without the confidence suffix)
         r̄' = α·mean(r) + (1 − α)·r̄                       (updated first, as the official code)
-        r' = r + w·|r|·(c − 0.5)   if r ≥ r̄'   else   r − w·|r|·(c − 0.5)
+        'threshold':   r' = r + w·|r|·(c − 0.5)   if r ≥ r̄'   else   r − w·|r|·(c − 0.5)
+        'difference':  r' = r + w·(r − r̄')·(c − 0.5)
 
     c ∈ [0, 1] is the sample's verbalised confidence / 10 (0.5, no change, when it states none).
     reward_avg scalar, rewards [N], confidence [N] or scalar -> (r' [N], r̄' scalar).
 
     Example (spec §20.3): r [2, −1], c 0.9, r̄ 0.5 -> r̄' 0.5, r' [2.4, −1.2].
     """
+    if adjustment not in PPO_C_ADJUSTMENTS:
+        raise ValueError(f"ppo_c_rewards: adjustment={adjustment!r}; expected one of {PPO_C_ADJUSTMENTS}")
     rewards = jnp.clip(jnp.asarray(rewards, jnp.float32), -clip, clip)
     new_avg = alpha * jnp.mean(rewards) + (1.0 - alpha) * jnp.asarray(reward_avg, jnp.float32)
-    adjustment = weight * jnp.abs(rewards) * (jnp.asarray(confidence, jnp.float32) - 0.5)
-    return jnp.where(rewards >= new_avg, rewards + adjustment, rewards - adjustment), new_avg
+    centred = jnp.asarray(confidence, jnp.float32) - 0.5
+    if adjustment == "difference":
+        return rewards + weight * (rewards - new_avg) * centred, new_avg
+    shift = weight * jnp.abs(rewards) * centred
+    return jnp.where(rewards >= new_avg, rewards + shift, rewards - shift), new_avg
 
 
 def multi_label_mse(predicted: Array, target: Array) -> Array:

@@ -7,6 +7,11 @@
         "teacher": {"checkpoint": "runs/big/checkpoints/main/300", "head": "causal_lm"},  # orbax step
     }
 
+A reward model may have K > 1 outputs (a multi-label reward model, `TransformerConfig.num_labels`,
+trained by `multi_label_rm`); as a reward its K scores become one, R = Σ_k w_k r_k
+(`weighted_reward`), with `"label_weights": (w_1, ..., w_K)` in its entry (default: equal
+weights 1/K).
+
 An HF directory holds `config.json` + `*.safetensors` (`load_checkpoint`); an orbax step
 directory is an earlier run's checkpoint (`<workdir>/checkpoints/<phase>/<step>`; its policy
 params, or with head 'value' its critic), whose model shape comes from that run's `config.json`.
@@ -19,12 +24,14 @@ by their heads' logical axes, like the reference policy.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from jaxrl_llm.losses.reward import weighted_reward
 from jaxrl_llm.models.config import TransformerConfig
 from jaxrl_llm.models.hf import load_checkpoint
 from jaxrl_llm.models.transformer import HEADS, init_params
@@ -37,7 +44,9 @@ class AuxModel(NamedTuple):
     """A frozen model: `params` are arrays, the other fields static.
 
     name: its key in `config.aux_models`; head: 'causal_lm' | 'value' | 'reward';
-    source: the directory it was loaded from; digest: SHA-256 of its files.
+    source: the directory it was loaded from; digest: SHA-256 of its files;
+    label_weights: a multi-label reward model's (w_1, ..., w_K) of R = Σ_k w_k r_k, or None
+    (equal weights; always None for other models).
     """
 
     name: str
@@ -46,6 +55,7 @@ class AuxModel(NamedTuple):
     params: Any
     source: str
     digest: str
+    label_weights: tuple[float, ...] | None = None
 
 
 def content_digest(path: str) -> str:
@@ -113,7 +123,29 @@ def load_aux_model(name: str, spec, dtype: str = "float32") -> AuxModel:
         config, params = _load_orbax(path, head, dtype)
     else:
         config, params = load_checkpoint(path, head=head, dtype=dtype)
-    return AuxModel(name, head, config, params, os.path.abspath(path), content_digest(path))
+    weights = _label_weights(spec.get("label_weights"), head, config.num_labels, field)
+    return AuxModel(name, head, config, params, os.path.abspath(path), content_digest(path), weights)
+
+
+def _label_weights(weights, head: str, num_labels: int, field: str) -> tuple[float, ...] | None:
+    """`aux_models.<name>.label_weights` checked: None, or K finite numbers for a reward model
+    with K = num_labels > 1 outputs."""
+    if weights is None:
+        return None
+    if head != "reward" or num_labels == 1:
+        raise ValueError(
+            f"{field}.label_weights={weights!r}: only a multi-label reward model (head 'reward', "
+            f"num_labels > 1) combines outputs; this model has head {head!r} and num_labels={num_labels}"
+        )
+    numbers = isinstance(weights, list | tuple) and all(
+        isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) for w in weights
+    )
+    if not numbers or len(weights) != num_labels:
+        raise ValueError(
+            f"{field}.label_weights={weights!r} must be {num_labels} finite numbers, one weight per "
+            f"output of the reward model (num_labels={num_labels}), or absent for equal weights"
+        )
+    return tuple(float(w) for w in weights)
 
 
 def load_aux_models(aux_config, dtype: str = "float32") -> dict[str, AuxModel]:
@@ -141,5 +173,16 @@ def check_aux_record(saved: dict | None, models: dict[str, AuxModel], where: str
 
 
 def reward_scores(model: AuxModel, params, prompt_ids, prompt_mask, response_ids, response_mask):
-    """Scalar scores [B] of a reward-head model on (left-padded prompt, right-padded response)."""
-    return sequence_scores(model.config, params, prompt_ids, prompt_mask, response_ids, response_mask)
+    """The reward [B] of a reward-head model on (left-padded prompt, right-padded response):
+    its scalar score, or for a multi-label model `combined_reward` of its K scores."""
+    scores = sequence_scores(model.config, params, prompt_ids, prompt_mask, response_ids, response_mask)
+    return combined_reward(model, scores)
+
+
+def combined_reward(model: AuxModel, scores):
+    """A reward model's scores, [B] or [B, K] (num_labels K > 1), as one reward [B]: the
+    scores themselves, or R = Σ_k w_k r_k with the model's label_weights (`weighted_reward`;
+    None: equal weights 1/K)."""
+    if model.config.num_labels == 1:
+        return scores
+    return weighted_reward(scores, model.label_weights)

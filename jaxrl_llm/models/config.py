@@ -98,6 +98,9 @@ class TransformerConfig:
         (jax.checkpoint_policies.dots_with_no_batch_dims_saveable) and recomputes attention.
         Forward-only passes (sampling, scoring) are unaffected.
       lora: LoraConfig of low-rank adapters, or None (the model has no adapter parameters).
+      num_labels: K, the outputs of the reward head (`RewardModel`; HF `num_labels` of
+        `*ForSequenceClassification`): 1 a scalar reward model (scores [B]), K > 1 a multi-label
+        one (scores [B, K], one per aspect). The other heads ignore it.
     """
 
     vocab_size: int
@@ -127,6 +130,7 @@ class TransformerConfig:
     pad_token_id: int | None = None
     remat: str = "none"
     lora: LoraConfig | None = None
+    num_labels: int = 1
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -150,6 +154,11 @@ class TransformerConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE.")
+        if not isinstance(self.num_labels, int) or self.num_labels < 1:
+            raise ValueError(
+                f"model.num_labels={self.num_labels!r} must be a positive integer (the reward head's "
+                "outputs: 1 for a scalar reward model, K for K aspect scores)."
+            )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(
                 f"model.remat={self.remat!r} is not a remat policy; use one of {REMAT_POLICIES}."
@@ -231,9 +240,18 @@ def from_hf_config(hf: dict[str, Any], **overrides) -> TransformerConfig:
         bos_token_id=hf.get("bos_token_id"),
         eos_token_id=hf.get("eos_token_id"),
         pad_token_id=hf.get("pad_token_id"),
+        num_labels=hf_num_labels(hf),
     )
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
+
+
+def hf_num_labels(hf: dict[str, Any]) -> int:
+    """The reward head's outputs K of a `*ForSequenceClassification` config.json: its
+    `num_labels`, else the size of its `id2label`, else 1; 1 for any other architecture."""
+    if not any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or []):
+        return 1
+    return int(hf.get("num_labels", len(hf.get("id2label") or {0: 0})))
 
 
 def to_hf_config(config: TransformerConfig) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 A checkpoint directory holds `config.json` and either `model.safetensors` or shards listed in
 `model.safetensors.index.json`. Supported: `{Llama,Qwen2,Qwen3}ForCausalLM` (head 'causal_lm')
-and `{...}ForSequenceClassification` with num_labels=1 (head 'reward'). Loading never
-touches the network and never unpickles anything.
+and `{...}ForSequenceClassification` (head 'reward'; num_labels K >= 1, a scalar or a
+multi-label reward model, `TransformerConfig.num_labels`). Loading never touches the network
+and never unpickles anything.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jaxrl_llm import lora
-from jaxrl_llm.models.config import TransformerConfig, UnsupportedModelError, from_hf_config, to_hf_config
+from jaxrl_llm.models.config import TransformerConfig, from_hf_config, hf_num_labels, to_hf_config
 from jaxrl_llm.models.transformer import init_params
 
 _SINGLE_FILE = "model.safetensors"
@@ -87,13 +88,7 @@ def _read_json(path: str) -> dict[str, Any]:
 
 def _head_from_architectures(hf_config: dict[str, Any]) -> str:
     archs = hf_config.get("architectures") or []
-    if any(a.endswith("ForSequenceClassification") for a in archs):
-        if hf_config.get("num_labels", len(hf_config.get("id2label", {0: 0}))) != 1:
-            raise UnsupportedModelError(
-                f"{archs[0]} with num_labels={hf_config.get('num_labels')}: only num_labels=1 reward models are supported."
-            )
-        return "reward"
-    return "causal_lm"
+    return "reward" if any(a.endswith("ForSequenceClassification") for a in archs) else "causal_lm"
 
 
 def _open_tensors(path: str) -> dict[str, Callable[[], np.ndarray]]:
@@ -178,6 +173,12 @@ def load_checkpoint(path: str, head: str | None = None, rng: jax.Array | None = 
     stored_head = _head_from_architectures(hf_config)
     head = head or stored_head
     config = from_hf_config(hf_config, **config_overrides)
+    if stored_head == "reward" and config.num_labels != hf_num_labels(hf_config):
+        raise CheckpointMismatchError(
+            f"checkpoint {path!r} is a reward model with num_labels={hf_num_labels(hf_config)}, but "
+            f"num_labels={config.num_labels} was asked for (in a training config: set model.num_labels="
+            f"{hf_num_labels(hf_config)})."
+        )
     loaders = _open_tensors(path)
     if not any(n.startswith("model.") for n in loaders):  # bare `*Model` checkpoints
         loaders = {"model." + n: fn for n, fn in loaders.items()}
@@ -227,8 +228,9 @@ def save_checkpoint(
     """Writes params as a Hugging Face checkpoint directory that `transformers` loads.
 
     head 'causal_lm' writes `*ForCausalLM`, 'reward' writes `*ForSequenceClassification`
-    (num_labels=1). Shards into `model-0000i-of-0000n.safetensors` + index when the weights
-    exceed `max_shard_bytes`. With `config.lora`, the adapters are merged into the weights
+    with num_labels = config.num_labels (K > 1 also writes problem_type 'regression': the MSE
+    loss of `transformers` for K aspect scores). Shards into `model-0000i-of-0000n.safetensors`
+    + index when the weights exceed `max_shard_bytes`. With `config.lora`, the adapters are merged into the weights
     first (W + alpha / r * A B; `jaxrl_llm.lora.merge_adapters`).
     """
     if head not in ("causal_lm", "reward"):
@@ -246,7 +248,15 @@ def save_checkpoint(
         hf_config["architectures"] = [
             hf_config["architectures"][0].replace("ForCausalLM", "ForSequenceClassification")
         ]
-        hf_config.update(num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+        k = config.num_labels
+        labels = [f"LABEL_{i}" for i in range(k)]
+        hf_config.update(
+            num_labels=k,
+            id2label={str(i): name for i, name in enumerate(labels)},
+            label2id={name: i for i, name in enumerate(labels)},
+        )
+        if k > 1:
+            hf_config["problem_type"] = "regression"
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
 

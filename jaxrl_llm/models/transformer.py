@@ -627,22 +627,26 @@ class ValueModel(nn.Module):
 
 
 class RewardModel(nn.Module):
-    """Reward model: trunk + scalar head read at the last non-pad token. -> rewards [B] float32.
+    """Reward model: trunk + a linear head `score` [D, K] read at the last non-pad token, K =
+    config.num_labels. -> rewards [B] float32 (K = 1), or [B, K] float32 (K > 1: one score per
+    aspect of a multi-label reward model).
 
-    Same parameter layout as Hugging Face `*ForSequenceClassification` with num_labels=1.
+    Same parameter layout as Hugging Face `*ForSequenceClassification` with num_labels=K.
     """
 
     config: TransformerConfig
 
     def setup(self):
-        self.trunk = Transformer(self.config)
-        self.score = _param(self, "score", (self.config.d_model, 1), ("embed", None), self.config)
+        cfg = self.config
+        self.trunk = Transformer(cfg)
+        self.score = _param(self, "score", (cfg.d_model, cfg.num_labels), ("embed", None), cfg)
 
     def __call__(self, tokens, mask, positions=None):
         positions = positions_from_mask(mask) if positions is None else positions
         hidden, _ = self.trunk(tokens, positions, mask)
         last = jnp.take_along_axis(hidden, last_token_index(mask)[:, None, None], axis=1)[:, 0]
-        return (last @ self.score.astype(last.dtype))[:, 0].astype(jnp.float32)
+        scores = (last @ self.score.astype(last.dtype)).astype(jnp.float32)
+        return scores[:, 0] if self.config.num_labels == 1 else scores
 
 
 HEADS = {"causal_lm": CausalLM, "value": ValueModel, "reward": RewardModel}

@@ -159,6 +159,22 @@ def format_reward(*, prompt: str, completion: str, answer: str, finished: bool) 
     return float(finished and extract_final_answer(completion, allow_last_number=False) is not None)
 
 
+@register_reward("finished")
+def finished_reward(*, prompt: str, completion: str, answer: str, finished: bool) -> float:
+    """1.0 iff the sample emitted a stop token (EOS) before the length limit: a rule-based judge
+    (`judge_samples`, CGPO)."""
+    del prompt, completion, answer
+    return float(finished)
+
+
+@register_reward("is_number")
+def is_number(*, prompt: str, completion: str, answer: str, finished: bool) -> float:
+    """1.0 iff the whole stripped completion is one number (`normalize_number`: '579', '-3.5',
+    '$1,234'), whatever its value: the arithmetic task's format judge (`judge_samples`, CGPO)."""
+    del prompt, answer, finished
+    return float(normalize_number(completion) is not None)
+
+
 def _shorten(text: str, limit: int = 200) -> str:
     text = repr(text)
     return text if len(text) <= limit else text[:limit] + "...(truncated)"

@@ -10,7 +10,9 @@ ensemble of `config.reward_ensembles`:
     config.rewards = {"rm": 1.0}                 # no verifier: the ensemble is the reward
 
 The reward is the weighted sum of the sources; each source's raw values are kept per row
-(`extras['reward/<name>']`) and logged separately.
+(`extras['reward/<name>']`) and logged separately. A multi-label reward model (num_labels K >
+1, `multi_label_rm`) is one source, R = Σ_k w_k r_k (`aux_models.<name>.label_weights`, equal
+by default: MO-GRPO, configs/mo_grpo_arithmetic.py), its K scores kept as 'reward/<name>/<k>'.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_llm import sharding
-from jaxrl_llm.models.auxiliary import AuxModel, reward_scores
+from jaxrl_llm.models.auxiliary import AuxModel, combined_reward
 from jaxrl_llm.rewards.math import get_reward, list_rewards, score_completions
 from jaxrl_llm.rollout.strategies import Scores
+from jaxrl_llm.train.forward import sequence_scores
 
 ENSEMBLE_COMBINE = ("mean", "min", "mean_minus_var", "mean_minus_std")
 
@@ -56,11 +59,12 @@ def combine_ensemble(scores: np.ndarray, combine: str = "mean", coef: float = 0.
 
 
 def make_model_scorer(model: AuxModel, partitioning=None):
-    """`score(prompt_ids, prompt_mask, response_ids, response_mask) -> np [N]`: the reward
-    model over every row in one jitted forward (sharded by its logical axes under a mesh)."""
+    """`score(prompt_ids, prompt_mask, response_ids, response_mask) -> np [N]` (or [N, K] for a
+    multi-label model): the reward model's scores of every row in one jitted forward (sharded
+    by its logical axes under a mesh)."""
 
     def run(params, prompt_ids, prompt_mask, response_ids, response_mask):
-        return reward_scores(model, params, prompt_ids, prompt_mask, response_ids, response_mask)
+        return sequence_scores(model.config, params, prompt_ids, prompt_mask, response_ids, response_mask)
 
     if partitioning is None:
         jitted = jax.jit(run)
@@ -100,6 +104,7 @@ class RewardSources:
         ensembles = dict(ensembles_config or {})
         self.functions, self.models, self.ensembles = [], {}, {}
         scorers = {}
+        self.aux_models = aux_models
 
         def scorer(name, field):
             model = aux_models.get(name)
@@ -150,13 +155,22 @@ class RewardSources:
             total, per_source = total + fn_total, dict(values)
         rows = (prompts.prompt_ids, prompts.prompt_mask, response_ids, response_mask)
         for name, score in self.models.items():
-            per_source[name] = score(*rows)
+            per_source.update(self._model_reward(name, score(*rows)))
             total = total + self.weights[name] * per_source[name]
         for name, (members, combine, coef) in self.ensembles.items():
-            member_scores = np.stack([score(*rows) for _, score in members])
+            member_scores = np.stack([self._model_reward(m, score(*rows))[m] for m, score in members])
             for (member, _), s in zip(members, member_scores, strict=True):
                 per_source[f"{name}/{member}"] = s
             per_source[f"{name}/std"] = member_scores.std(0)
             per_source[name] = combine_ensemble(member_scores, combine, coef)
             total = total + self.weights[name] * per_source[name]
         return Scores(total.astype(np.float32), per_source)
+
+    def _model_reward(self, name: str, scores: np.ndarray) -> dict:
+        """{name: the reward [N]} of the reward model `name` from its scores ([N], or [N, K]
+        for a multi-label model: `combined_reward`, with each score kept as '<name>/<k>')."""
+        model = self.aux_models[name]
+        reward = {name: np.asarray(combined_reward(model, scores), np.float32)}
+        if model.config.num_labels > 1:
+            reward.update({f"{name}/{k}": scores[:, k] for k in range(scores.shape[1])})
+        return reward

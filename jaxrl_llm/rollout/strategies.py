@@ -28,7 +28,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxrl_llm.data.sources import final_answer
 from jaxrl_llm.registry import Registry
+from jaxrl_llm.rewards.math import get_reward, score_completions
 from jaxrl_llm.types import Rollout, RolloutStrategy
 
 
@@ -314,6 +316,88 @@ def greedy_baseline(inner: RolloutStrategy | str | None = None) -> RolloutStrate
     return RolloutStrategy(collect)
 
 
+def _prompt_index(rollout: Rollout, wrapper: str) -> np.ndarray:
+    """Each row's prompt in the step's PromptBatch (`extras['prompt_index']`, group_sampling's)."""
+    if "prompt_index" not in rollout.extras:
+        raise ValueError(
+            f"{wrapper} needs extras['prompt_index'] from its inner strategy (group_sampling writes "
+            f"it); put {wrapper} inside dynamic_sampling, not around it"
+        )
+    return np.asarray(rollout.extras["prompt_index"])
+
+
+def reference_baseline(
+    inner: RolloutStrategy | str | None = None, reference: Callable[[str, str], str] | None = None
+) -> RolloutStrategy:
+    """CGPO's baseline (arXiv 2409.20370): the dataset's reference response y_base of each
+    prompt, scored by the run's reward sources exactly like the samples (a verifier on its text,
+    a reward model on prompt + its tokens); the score goes to extras['baseline_rewards'] [N] on
+    each of the prompt's rows (the key `greedy_baseline` writes).
+
+    y_base = `reference(prompt_text, answer)` followed by the tokenizer's first EOS id, a
+    finished response; default final_answer(answer), the SFT target ("579" for arithmetic's
+    "#### 579", which the exact-match verifier scores 1). Metric: reference_reward_mean.
+    """
+    inner = _resolve(inner)
+    reference = reference or (lambda prompt, answer: final_answer(answer))
+
+    def collect(ctx: StrategyContext, prompts: PromptBatch, rng) -> Rollout:
+        rollout = inner.collect(ctx, prompts, rng)
+        index = _prompt_index(rollout, "reference_baseline")
+        if not ctx.tokenizer.eos_ids:
+            raise ValueError(
+                "reference_baseline ends the reference responses with EOS; set tokenizer.eos_ids"
+            )
+        texts = [reference(str(p), str(a)) for p, a in zip(prompts.prompts, prompts.answers, strict=True)]
+        width = np.shape(rollout.response_ids)[1]
+        ids = np.full((len(texts), width), ctx.sampling.pad_id, np.int32)
+        mask = np.zeros((len(texts), width), np.int32)
+        for i, text in enumerate(texts):
+            row = [*ctx.tokenizer.encode(text, add_special_tokens=False), ctx.tokenizer.eos_ids[0]]
+            if len(row) > width:
+                raise ValueError(
+                    f"reference_baseline: the reference response {text!r} and EOS take {len(row)} tokens, more "
+                    f"than the response buffer of {width}; raise --config.sampling.max_new_tokens={len(row)}"
+                )
+            ids[i, : len(row)], mask[i, : len(row)] = row, 1
+        scores = ctx.score(prompts, ids, mask, texts, np.ones(len(texts), bool))
+        extras = {**rollout.extras, "baseline_rewards": np.asarray(scores.rewards, np.float32)[index]}
+        metrics = {**rollout.metrics, "reference_reward_mean": float(np.mean(scores.rewards))}
+        return rollout._replace(extras=extras, metrics=metrics)
+
+    return RolloutStrategy(collect)
+
+
+def judge_names(judges: str | tuple[str, ...]) -> tuple[str, ...]:
+    """'a, b' or ('a', 'b') -> ('a', 'b'): the judges of `judge_samples`."""
+    return tuple(n.strip() for n in (judges.split(",") if isinstance(judges, str) else judges) if n.strip())
+
+
+def judge_samples(
+    judges: str | tuple[str, ...], inner: RolloutStrategy | str | None = None
+) -> RolloutStrategy:
+    """Rule-based judges of every sample (CGPO's mixture of judges, arXiv 2409.20370): each judge
+    is a registered reward function (`jaxrl_llm.rewards.register_reward`, e.g. 'finished',
+    'is_number', 'format'), evaluated on the sample's text like a reward, and the sample passes
+    it when the value is > 0.5. Writes extras['judge/<name>'] [N] (1.0 pass, 0.0 fail) for each
+    name of `judges` (a tuple or a comma-separated string); they are not part of the reward."""
+    names = judge_names(judges)
+    functions = [(name, get_reward(name), 1.0) for name in names]
+    inner = _resolve(inner)
+
+    def collect(ctx: StrategyContext, prompts: PromptBatch, rng) -> Rollout:
+        rollout = inner.collect(ctx, prompts, rng)
+        index = _prompt_index(rollout, "judge_samples")
+        completions, finished = ctx.decode(rollout.response_ids, rollout.response_mask, rollout.loss_mask)
+        _, values = score_completions(
+            functions, prompts.prompts[index], completions, prompts.answers[index], finished
+        )
+        verdicts = {f"judge/{name}": (values[name] > 0.5).astype(np.float32) for name in names}
+        return rollout._replace(extras={**rollout.extras, **verdicts})
+
+    return RolloutStrategy(collect)
+
+
 def best_of_n(keep: int = 1, inner: RolloutStrategy | str | None = None) -> RolloutStrategy:
     """Best-of-n / rejection sampling (RAFT arXiv 2304.06767, ReST arXiv 2308.08998): of each
     group's samples keep the `keep` with the highest reward (ties: the earlier sample), so a
@@ -453,5 +537,7 @@ for _name, _factory in (
     ("dynamic_sampling", dynamic_sampling),
     ("greedy_baseline", greedy_baseline),
     ("best_of_n", best_of_n),
+    ("reference_baseline", reference_baseline),
+    ("judge_samples", judge_samples),
 ):
     register_strategy(_name)(_factory)

@@ -25,6 +25,7 @@ MODEL_SHAPE_FIELDS = (
     "max_position_embeddings",
     "init_std",
     "tie_embeddings",
+    "num_labels",
 )
 
 
@@ -43,12 +44,14 @@ def build_model(config) -> tuple[TransformerConfig, dict, Tokenizer]:
     tokenizer.json). Otherwise a randomly initialised model of the shape in `config.model`
     with a character tokenizer over `config.tokenizer.alphabet` (the embedded arithmetic task).
     `config.model.remat` and `config.model.lora` apply to both; with LoRA the params include
-    fresh adapters (the model still equals the base).
+    fresh adapters (the model still equals the base). `config.model.num_labels` is the reward
+    head's K (a reward-model phase).
     """
     m = config.model
     memory = dict(remat=m.get("remat", "none"), lora=lora_config(m))  # sampling configs lack them
     if m.checkpoint:
-        model_config, params = load_checkpoint(m.checkpoint, dtype=m.dtype, **memory)
+        num_labels = m.get("num_labels", 1)
+        model_config, params = load_checkpoint(m.checkpoint, dtype=m.dtype, num_labels=num_labels, **memory)
         tokenizer = load_tokenizer(m.checkpoint)
     else:
         tokenizer = char_tokenizer(config.tokenizer.alphabet)
@@ -101,7 +104,7 @@ def model_config_from_run(run_dir: str, dtype: str | None = None) -> Transformer
                 "gives the shape of its checkpoints)"
             )
         with open(hf_path) as f:
-            return from_hf_config(json.load(f), dtype=dtype, lora=lora)
+            return from_hf_config(json.load(f), dtype=dtype, lora=lora, num_labels=m.get("num_labels", 1))
     return _random_model_config(m, char_tokenizer(config.tokenizer.alphabet), dtype, lora=lora)
 
 

@@ -108,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
             max_position_embeddings=64,
             init_std=0.02,
             tie_embeddings=False,
+            # Outputs of the reward head (a reward-model phase; HF num_labels): 1 a scalar reward
+            # model, K > 1 one score per aspect (multi_label_rm; K = the records' labels).
+            num_labels=1,
             # Memory savers (README "Memory: remat and LoRA"). remat: 'none' | 'full' | 'dots'
             # (recompute each block's activations in the backward pass; 'dots' keeps matmul outputs).
             remat="none",
@@ -134,6 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
             train_records=0,  # use only this many training records (0: all), from train_offset
             train_offset=0,
             desirable_fraction=0.5,  # unpaired (KTO) labels synthesised from answers: share desirable
+            # Scale (low, high) of scored records' labels (multi_label_rm): each is checked to lie
+            # in it and mapped to [0, 1] by (y - low) / (high - low); e.g. (0.0, 4.0) for 0-4 ratings.
+            label_range=(0.0, 1.0),
             check_records=20_000,  # prompts length-checked at start-up (0: none; batches are always checked)
             chat=False,  # wrap questions with the tokenizer's chat template
             instruction="",  # text put before each question
@@ -155,8 +161,10 @@ def base_config() -> ml_collections.ConfigDict:
     # (see jaxrl_llm/rewards/models.py); each is logged as reward/<source>.
     c.rewards = ml_collections.ConfigDict(dict(exact_match=1.0))
     # Frozen auxiliary models: {name: {checkpoint: HF dir or an earlier run's
-    # checkpoints/<phase>/<step>, head: 'reward' | 'causal_lm' | 'value'}}. Never saved in the
-    # run's checkpoints (their digest is; a changed model is refused on resume).
+    # checkpoints/<phase>/<step>, head: 'reward' | 'causal_lm' | 'value'}}; a multi-label reward
+    # model's entry may add label_weights: (w_1, ..., w_K), its reward sum_k w_k r_k (absent:
+    # equal weights). Never saved in the run's checkpoints (their digest is; a changed model is
+    # refused on resume).
     c.aux_models = ml_collections.ConfigDict()
     # Reward-model ensembles: {name: {members: 'rm_a,rm_b', combine: 'mean' | 'min' |
     # 'mean_minus_var' | 'mean_minus_std', coef: lambda of mean - lambda * var (or std)}}.

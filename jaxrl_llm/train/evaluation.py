@@ -1,5 +1,6 @@
 """Held-out evaluation: greedy accuracy, pass@k, (for preference phases) pair accuracy, and
-(for reward models) pairwise accuracy, calibration and score distributions."""
+(for reward models) pairwise accuracy, calibration and score distributions, or for a
+multi-label reward model each aspect's MSE and correlation."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ class Evaluator:
         self.should_stop = lambda: False  # every process must give the same answer at each batch
         self._pair_logps = jax.jit(self._pair_logps_fn)
         self._pair_scores = jax.jit(self._pair_scores_fn)
+        self._completion_scores = jax.jit(self._completion_scores_fn)
 
     def _batches(self, split: str, kind: str):
         d, e = self.config.data, self.config.eval
@@ -91,6 +93,15 @@ class Evaluator:
             ds = pipeline.preference_dataset(
                 source, self.tokenizer, max_target_len=self.config.sampling.max_new_tokens, **common
             )
+        elif kind == "scored":
+            ds = pipeline.scored_dataset(
+                source,
+                self.tokenizer,
+                max_target_len=self.config.sampling.max_new_tokens,
+                num_labels=self.model_config.num_labels,
+                label_range=d.label_range,
+                **common,
+            )
         elif kind == "unpaired":
             ds = pipeline.unpaired_dataset(
                 source, self.tokenizer, max_target_len=self.config.sampling.max_new_tokens, **common
@@ -110,8 +121,11 @@ class Evaluator:
     def __call__(self, params, split: str, ref_params=None, algorithm=None, sampled: bool = True) -> dict:
         """Greedy accuracy; with `sampled`, also pass@k and mean accuracy of k samples at
         eval.temperature; for preference algorithms, held-out pair accuracies. A reward model
-        (`algorithm.head == 'reward'`) is evaluated on held-out pairs only (`_reward_model`)."""
+        (`algorithm.head == 'reward'`) is evaluated on held-out pairs only (`_reward_model`), or
+        with data 'scored' on held-out scored completions only (`_scored_model`)."""
         if algorithm is not None and algorithm.head == "reward":
+            if algorithm.data == "scored":
+                return self._scored_model(params, split)
             return self._reward_model(params, split)
         source = self.sources.get(split)
         if source is not None and record_format(source[0]) != "question":  # no answer to verify
@@ -224,6 +238,46 @@ class Evaluator:
             "score_rejected_mean": float(r.mean()),
             "score_std": float(np.concatenate([c, r]).std()),
         }
+
+    def _completion_scores_fn(self, params, batch):
+        return sequence_scores(
+            self.model_config,
+            params,
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            batch["completion_ids"],
+            batch["completion_mask"],
+        )
+
+    def _scored_model(self, params, split: str) -> dict:
+        """A multi-label reward model on the first eval.num_prompts scored completions of
+        `split` (`pipeline.scored_dataset`): `label_metrics` of its scores against the labels."""
+        n, batches = self._batches(split, "scored")
+        scores, labels = [], []
+        for batch in batches:
+            self._check_stop()
+            arrays = {k: v for k, v in batch.items() if k.endswith(("_ids", "_mask"))}
+            s = np.asarray(sharding.to_host(self._completion_scores(params, arrays)), np.float64)
+            scores.append(s.reshape(len(s), -1))
+            labels.append(batch["labels"])
+        return label_metrics(np.concatenate(scores)[:n], np.concatenate(labels)[:n])
+
+
+def label_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """A multi-label reward model's held-out fit, scores and labels [N, K]: label_mse (the
+    mean over rows and aspects of (r_k − s_k)², the training loss), and per aspect k (0-based)
+    label_mse/<k> and label_corr/<k>, the Pearson correlation of r_k and s_k over the rows (0
+    when either is constant, e.g. a zero-initialised head).
+    Example: scores [[0.8], [0.2]], labels [[1], [0]] -> label_mse 0.04, label_corr/0 1."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, np.float64)
+    squared = np.square(scores - labels)
+    results = {"label_mse": float(squared.mean())}
+    for k in range(labels.shape[1]):
+        r, s = scores[:, k] - scores[:, k].mean(), labels[:, k] - labels[:, k].mean()
+        scale = np.sqrt((r * r).sum() * (s * s).sum())
+        results[f"label_mse/{k}"] = float(squared[:, k].mean())
+        results[f"label_corr/{k}"] = float((r * s).sum() / scale) if scale > 0 else 0.0
+    return results
 
 
 def calibration_error(margins: np.ndarray, num_bins: int = 10) -> float:

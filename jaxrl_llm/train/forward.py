@@ -112,8 +112,9 @@ def _rngs(dropout_rng):
 def sequence_scores(
     config: TransformerConfig, params, prompt_ids, prompt_mask, response_ids, response_mask, dropout_rng=None
 ):
-    """r(x, y): a reward model's scalar head at the last real token of prompt + response
-    (`RewardModel`, the layout of HF `*ForSequenceClassification`). -> [B] float32."""
+    """r(x, y): a reward model's head at the last real token of prompt + response
+    (`RewardModel`, the layout of HF `*ForSequenceClassification`). -> [B] float32, or [B, K]
+    for a multi-label reward model (config.num_labels = K > 1)."""
     tokens, mask = _concat(prompt_ids, prompt_mask, response_ids, response_mask)
     return RewardModel(config).apply({"params": params}, tokens, mask, rngs=_rngs(dropout_rng))
 
@@ -149,7 +150,8 @@ def batch_policy_outputs(
 
 def batch_reward_outputs(config, params, batch, dropout_rng=None) -> ModelOutputs:
     """ModelOutputs(scores=`sequence_scores`) for a Rollout ([B]) or a PreferenceBatch's chosen
-    rows then rejected rows ([2B]): the forward of algorithms that train a reward model."""
+    rows then rejected rows ([2B]); [B, K] / [2B, K] with config.num_labels = K > 1: the
+    forward of algorithms that train a reward model."""
     return ModelOutputs(scores=sequence_scores(config, params, *_rows(batch), dropout_rng))
 
 

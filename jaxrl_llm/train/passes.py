@@ -76,8 +76,9 @@ def teacher_pass(name: str, temperature: float = 1.0) -> Pass:
 
 
 def reward_model_pass(name: str) -> Pass:
-    """Scores of the auxiliary reward model `name`: extras['rm/<name>'] [B] on every row of a
-    Rollout; on a PreferenceBatch extras['rm/<name>/chosen'] and ['rm/<name>/rejected'] [B]
+    """Scores of the auxiliary reward model `name` (a multi-label model's Σ_k w_k r_k,
+    `auxiliary.reward_scores`): extras['rm/<name>'] [B] on every row of a Rollout; on a
+    PreferenceBatch extras['rm/<name>/chosen'] and ['rm/<name>/rejected'] [B]
     (for algorithms that read scores beside `rewards`, e.g. MODPO's margins; as a reward
     source use `config.rewards`)."""
 

@@ -286,7 +286,7 @@ def make_step_fns(
             (g, critic_g), metrics = grads(state, batch, dropout_rng)
         else:
             micros = (_split(batch, microbatches), jnp.arange(microbatches))
-            first = _rows(batch, slice(0, 1))
+            first = jax.tree.map(lambda x: x[0], micros[0])  # one micro-batch (whole groups)
             stats = None  # totals over the mini-batch, before the gradient
             if algorithm.statistics is not None:
                 stats = minibatch_statistics(state.params, batch, state.algo_state)

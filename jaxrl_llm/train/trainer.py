@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from jaxrl_llm import distributed, lora, sharding
 from jaxrl_llm.algorithms import make_algorithm
 from jaxrl_llm.data import pipeline
+from jaxrl_llm.data.aspects import check_num_labels
 from jaxrl_llm.data.sources import make_source, record_format
 from jaxrl_llm.models.auxiliary import aux_record, check_aux_record, load_aux_models
 from jaxrl_llm.models.transformer import init_params
@@ -159,12 +160,14 @@ def whole_group_size(batch, phase: Phase, microbatches: int) -> int:
     micro-batch holds whole (rows per micro-batch a multiple of g). A shape-and-ids check on
     the host, every step, before the first update."""
     name = phase.name
-    if not isinstance(batch, Rollout) or batch.group_ids is None:
+    ids = batch.group_ids if isinstance(batch, Rollout) else batch.extras.get("group_ids")
+    if ids is None:
         raise ValueError(
             f"the {name} phase's algorithm sets whole_groups=True, but its transform returns a "
-            f"{type(batch).__name__} without group_ids; whole groups need a Rollout with group_ids"
+            f"{type(batch).__name__} without group ids; whole groups need a Rollout with group_ids "
+            "or a PreferenceBatch with extras['group_ids'] (from an Algorithm.pair_records)"
         )
-    ids = np.asarray(sharding.to_host(batch.group_ids))
+    ids = np.asarray(sharding.to_host(ids))
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     sizes = np.diff(np.r_[starts, len(ids)])
     if len(np.unique(ids)) != len(starts) or len(set(sizes.tolist())) != 1:
@@ -236,6 +239,31 @@ def rollout_metrics(rollout: Rollout) -> dict:
     if rollout.loss_mask is not None:
         metrics["loss_tokens_fraction"] = float(np.asarray(rollout.loss_mask).sum() / max(lengths.sum(), 1))
     return metrics
+
+
+def data_batch(kind: str, batch_np: dict):
+    """The batch an offline phase trains on, from its dataset's batch (`Algorithm.data` =
+    `kind`): 'supervised' a Rollout of (prompt, target); 'scored' a Rollout of (prompt,
+    completion) with extras['labels'] [B, K]; 'preference' a PreferenceBatch; 'unpaired' (KTO)
+    a PreferenceBatch whose chosen rows are the completions, rejected rows their KL
+    completions, with extras['label']."""
+    if kind in ("supervised", "scored"):
+        response = "target" if kind == "supervised" else "completion"
+        return Rollout(
+            prompt_ids=batch_np["prompt_ids"],
+            prompt_mask=batch_np["prompt_mask"],
+            response_ids=batch_np[f"{response}_ids"],
+            response_mask=batch_np[f"{response}_mask"],
+            extras={"labels": batch_np["labels"]} if kind == "scored" else None,
+        )
+    return PreferenceBatch(
+        **{k: batch_np[k] for k in ("prompt_ids", "prompt_mask", "chosen_ids", "chosen_mask")},
+        rejected_ids=batch_np["rejected_ids"],
+        rejected_mask=batch_np["rejected_mask"],
+        extras={"label": batch_np["label"]}
+        if kind == "unpaired"
+        else {k: batch_np[k] for k in ("group_ids",) if k in batch_np},
+    )
 
 
 def resolve_strategy(config, algorithm: Algorithm) -> RolloutStrategy:
@@ -416,8 +444,12 @@ class Trainer:
                 chat=d.chat,
                 instruction=d.instruction,
                 limit=d.check_records,
+                num_labels=self.model_config.num_labels,
+                label_range=d.label_range,
             )
             return
+        if self.algorithm.data == "scored":  # synthetic aspect scores: K of them
+            check_num_labels(self.model_config.num_labels)
         pipeline.check_prompt_lengths(
             self.sources["train"],
             self.tokenizer,
@@ -448,7 +480,22 @@ class Trainer:
                 source, self.tokenizer, max_target_len=T, target=d.sft_target, **common
             )
         if kind == "preference":
-            return pipeline.preference_dataset(source, self.tokenizer, max_target_len=T, **common)
+            return pipeline.preference_dataset(
+                source,
+                self.tokenizer,
+                max_target_len=T,
+                pair_records=phase.algorithm.pair_records,
+                **common,
+            )
+        if kind == "scored":  # (prompt, completion, K labels): a multi-label reward model
+            return pipeline.scored_dataset(
+                source,
+                self.tokenizer,
+                max_target_len=T,
+                num_labels=self.model_config.num_labels,
+                label_range=d.label_range,
+                **common,
+            )
         if kind == "unpaired":  # KTO: (prompt, completion, label) + each row's mismatched KL completion
             a = self.config.algo
             return pipeline.unpaired_dataset(
@@ -740,20 +787,8 @@ class Trainer:
             metrics["rollout_time"] = time.perf_counter() - t0
             metrics["generation_tokens_per_s"] = ctx.generated_tokens / max(ctx.times["sample_time"], 1e-9)
             batch = batch._replace(metrics={})
-        elif kind == "supervised":
-            batch = Rollout(
-                prompt_ids=batch_np["prompt_ids"],
-                prompt_mask=batch_np["prompt_mask"],
-                response_ids=batch_np["target_ids"],
-                response_mask=batch_np["target_mask"],
-            )
-        else:  # pairs; or unpaired (KTO): chosen = the completion, rejected = its KL completion
-            batch = PreferenceBatch(
-                **{k: batch_np[k] for k in ("prompt_ids", "prompt_mask", "chosen_ids", "chosen_mask")},
-                rejected_ids=batch_np["rejected_ids"],
-                rejected_mask=batch_np["rejected_mask"],
-                extras={"label": batch_np["label"]} if kind == "unpaired" else None,
-            )
+        else:
+            batch = data_batch(kind, batch_np)
         t0 = time.perf_counter()
         g = grouped_layout(batch, self.sampling.num_samples)
         prepare, _ = self._step_fns(phase, g, False)
@@ -843,7 +878,7 @@ class Trainer:
         stopping rule), or the one before/after a phase (tag) on `eval.split` with pass@k, which
         is also printed and kept in summary.json. Every result is a metrics line (phase 'eval')."""
         # The same parameters as the last 'after' evaluation (pair metrics are new for preference).
-        pairs = phase.algorithm.data in ("preference", "unpaired")
+        pairs = phase.algorithm.data in ("preference", "unpaired", "scored")
         if tag == "before" and self._last_tagged == step and not pairs:
             return {}
         split = phase.eval_split if tag is None else self.config.eval.split
@@ -922,7 +957,8 @@ def _strategy_state(host_state: dict | None) -> dict | None:
 
 def _scalar_head_from_policy(model_config, policy_params, head: str):
     """A critic (head 'value') or a reward model (head 'reward') started from the policy: its
-    trunk (copied) + a zero-initialised scalar head, so V = 0 / r = 0 at the start."""
+    trunk (copied) + a zero-initialised head (scalar, or K = model_config.num_labels outputs for
+    a reward model), so V = 0 / r = 0 at the start."""
     score = jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0), head))["score"]
     trunk = jax.tree.map(jnp.copy, policy_params["trunk"])
     return {"trunk": trunk, "score": jnp.zeros(score.shape, score.dtype)}

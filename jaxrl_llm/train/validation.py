@@ -145,6 +145,13 @@ def validate_config(config, algorithm: Algorithm) -> None:
             dict(config.rewards),
             "is empty; add a source, e.g. --config.rewards=\"{'exact_match': 1.0}\"",
         )
+    num_labels = config.model.get("num_labels", 1)
+    if algorithm.head == "reward" and algorithm.data == "preference" and num_labels != 1:
+        raise ConfigError(
+            f"config field model.num_labels={num_labels!r} gives the reward head {num_labels} outputs, but "
+            f"algorithm {config.algo.name!r} trains a reward model on preference pairs, one score per "
+            "completion; set --config.model.num_labels=1 (K outputs: multi_label_rm on scored completions)"
+        )
     for name in sorted(n[4:] for n in algorithm.needs() if n.startswith("aux:")):
         if name not in config.get("aux_models", {}):
             raise ConfigError(

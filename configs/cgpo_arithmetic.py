@@ -1,0 +1,35 @@
+"""CGPO (CRPG) on the arithmetic task, from the GRPO job's SFT warm-start: each step samples
+k = 4 answers per prompt, gates each one's calibrated reward σ(R − R(reference answer)) by the
+judges (finished with EOS, the completion is a number) and a KL threshold to the frozen
+warm-start, and follows the policy gradient of the gated rewards minus their batch mean.
+
+    python -m jaxrl_llm.main --config=configs/cgpo_arithmetic.py --workdir=runs/cgpo
+    python -m jaxrl_llm.main --config=configs/cgpo_arithmetic.py:rm --workdir=runs/cgpo_rm \\
+        --config.aux_models.rm.checkpoint=runs/reward_model/checkpoints/main/300
+
+Reward: the exact-match verifier (default; the reference answer scores 1), or with ':rm' a
+reward model (an auxiliary model, as in configs/online_dpo_arithmetic.py), which also scores
+the reference answer; the verifier is then logged with weight 0. ':smoke' (also ':rm,smoke')
+is the tests' version.
+"""
+
+from jaxrl_llm.train.config import algo_config, base_config, preference_smoke, reward_model_source
+
+
+def get_config(arg=None):
+    parts = set(filter(None, (arg or "").split(",")))
+    if parts - {"rm", "smoke"}:
+        raise ValueError(f"unknown config argument {arg!r}; use 'rm', 'smoke', 'rm,smoke' or nothing")
+    c = base_config()
+    c.name = "cgpo_arithmetic"
+    c.algo = algo_config("cgpo", judges="finished,is_number", kl_threshold=10.0)
+    c.sampling.num_samples = 4  # k, TRL's default
+    c.train.update(steps=100, batch_size=32)
+    c.optimizer.learning_rate = 1e-4
+    c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
+    c.eval.every = 25
+    if "rm" in parts:
+        reward_model_source(c)
+    if "smoke" in parts:
+        preference_smoke(c)
+    return c
