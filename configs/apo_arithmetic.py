@@ -6,11 +6,11 @@ job with the parameters extrapolated at each round boundary, θ ← θ̂ + α (�
 Arguments as online_dpo_arithmetic's: 'rm' (a reward-model ranked pair source), 'smoke'.
 """
 
-from jaxrl_llm.train.config import online_pairs_config
+from jaxrl_llm.train.config import online_config
 
 
 def get_config(arg=None):
-    c = online_pairs_config("apo", arg, alpha=0.3, round_steps=34)
+    c = online_config("apo", arg, beta=0.1, choose="max_min", alpha=0.3, round_steps=34)
     if "smoke" in (arg or ""):
         c.algo.round_steps = 1
     return c

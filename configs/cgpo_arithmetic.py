@@ -13,23 +13,9 @@ the reference answer; the verifier is then logged with weight 0. ':smoke' (also 
 is the tests' version.
 """
 
-from jaxrl_llm.train.config import algo_config, base_config, preference_smoke, reward_model_source
+from jaxrl_llm.train.config import online_config
 
 
 def get_config(arg=None):
-    parts = set(filter(None, (arg or "").split(",")))
-    if parts - {"rm", "smoke"}:
-        raise ValueError(f"unknown config argument {arg!r}; use 'rm', 'smoke', 'rm,smoke' or nothing")
-    c = base_config()
-    c.name = "cgpo_arithmetic"
-    c.algo = algo_config("cgpo", judges="finished,is_number", kl_threshold=10.0)
-    c.sampling.num_samples = 4  # k, TRL's default
-    c.train.update(steps=100, batch_size=32)
-    c.optimizer.learning_rate = 1e-4
-    c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
-    c.eval.every = 25
-    if "rm" in parts:
-        reward_model_source(c)
-    if "smoke" in parts:
-        preference_smoke(c)
-    return c
+    # k = 4 samples per prompt, TRL's default
+    return online_config("cgpo", arg, num_samples=4, judges="finished,is_number", kl_threshold=10.0)

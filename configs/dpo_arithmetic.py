@@ -8,19 +8,9 @@ answer above the wrong one), likelihood accuracy (pi prefers the correct answer)
 accuracy, before and after DPO.
 """
 
-from jaxrl_llm.train.config import algo_config, base_config, preference_smoke
+from jaxrl_llm.train.config import offline_pairs_config
 
 
 def get_config(arg=None):
-    c = base_config()
-    c.name = "dpo_arithmetic"
-    c.algo = algo_config("dpo", beta=0.1)
-    c.train.update(steps=200, batch_size=64)
-    c.optimizer.learning_rate = 1e-4
-    c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
-    c.eval.every = 50
-    if arg == "smoke":
-        preference_smoke(c)
-    elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; use 'smoke' or nothing")
+    c = offline_pairs_config("dpo", arg, beta=0.1)
     return c

@@ -7,11 +7,11 @@ sampling, ranking and budget) whose reference is refreshed from the policy every
 Arguments as online_dpo_arithmetic's: 'rm' (a reward-model ranked pair source), 'smoke'.
 """
 
-from jaxrl_llm.train.config import online_pairs_config
+from jaxrl_llm.train.config import online_config
 
 
 def get_config(arg=None):
-    c = online_pairs_config("iterative_dpo", arg, round_steps=34)
+    c = online_config("iterative_dpo", arg, beta=0.1, choose="max_min", round_steps=34)
     if "smoke" in (arg or ""):
         c.algo.round_steps = 1
     return c

@@ -11,21 +11,11 @@ the wrong one), likelihood accuracy and greedy accuracy, before and after KTO; i
 (KTO's reference point z0), the rewards of desirable / undesirable examples and reward_accuracy.
 """
 
-from jaxrl_llm.train.config import algo_config, base_config, preference_smoke
+from jaxrl_llm.train.config import offline_pairs_config
 
 
 def get_config(arg=None):
-    c = base_config()
-    c.name = "kto_arithmetic"
-    c.algo = algo_config("kto", beta=0.1)
+    c = offline_pairs_config("kto", arg, beta=0.1)
     # data.desirable_fraction (default 0.5) of the records give their correct answer: with equal
     # weights λ_D n_D / (λ_U n_U) = 1, inside TRL's advised [1, 4/3].
-    c.train.update(steps=200, batch_size=64)
-    c.optimizer.learning_rate = 1e-4
-    c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
-    c.eval.every = 50
-    if arg == "smoke":
-        preference_smoke(c)
-    elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; use 'smoke' or nothing")
     return c

@@ -17,20 +17,10 @@ with `--config.aux_models.rm.checkpoint=runs/multi_label_rm/checkpoints/main/<st
 """
 
 from jaxrl_llm.data.aspects import ASPECTS
-from jaxrl_llm.train.config import algo_config, base_config, preference_smoke
+from jaxrl_llm.train.config import offline_pairs_config
 
 
 def get_config(arg=None):
-    c = base_config()
-    c.name = "multi_label_rm_arithmetic"
-    c.algo = algo_config("multi_label_rm")
+    c = offline_pairs_config("multi_label_rm", arg, 300, 100, 512)
     c.model.num_labels = len(ASPECTS)
-    c.train.update(steps=300, batch_size=64)
-    c.optimizer.learning_rate = 1e-4
-    c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
-    c.eval.update(every=100, num_prompts=512)
-    if arg == "smoke":
-        preference_smoke(c)
-    elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; use 'smoke' or nothing")
     return c

@@ -13,8 +13,8 @@ the verifier is then logged with weight 0, not used. ':smoke' (also ':rm,smoke')
 tiny version.
 """
 
-from jaxrl_llm.train.config import online_pairs_config
+from jaxrl_llm.train.config import online_config
 
 
 def get_config(arg=None):
-    return online_pairs_config("online_dpo", arg)
+    return online_config("online_dpo", arg, beta=0.1, choose="max_min")

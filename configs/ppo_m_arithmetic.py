@@ -14,20 +14,10 @@ model for PPO like any other (`--config.aux_models.rm.checkpoint=<workdir>/check
 head 'reward'). ':smoke' is the tests' tiny version.
 """
 
-from jaxrl_llm.train.config import algo_config, base_config, preference_smoke
+from jaxrl_llm.train.config import offline_pairs_config
 
 
 def get_config(arg=None):
-    c = base_config()
-    c.name = "ppo_m_arithmetic"
-    c.algo = algo_config("ppo_m", template=" #{}", high=9.0, low=1.0)
+    c = offline_pairs_config("ppo_m", arg, 300, 100, 512, template=" #{}", high=9.0, low=1.0)
     c.sampling.max_new_tokens = 8  # a 4-digit wrong answer + " #9" + EOS
-    c.train.update(steps=300, batch_size=64)
-    c.optimizer.learning_rate = 1e-4
-    c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
-    c.eval.update(every=100, num_prompts=512)
-    if arg == "smoke":
-        preference_smoke(c)
-    elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; use 'smoke' or nothing")
     return c

@@ -9,19 +9,9 @@ or export it with `jaxrl_llm.save_checkpoint(dir, config, params, head='reward')
 (`experiments/reward_model.py` does both).
 """
 
-from jaxrl_llm.train.config import algo_config, base_config, preference_smoke
+from jaxrl_llm.train.config import offline_pairs_config
 
 
 def get_config(arg=None):
-    c = base_config()
-    c.name = "reward_model_arithmetic"
-    c.algo = algo_config("reward_model", margin=0.0, center_coef=0.01)
-    c.train.update(steps=300, batch_size=64)
-    c.optimizer.learning_rate = 1e-4
-    c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
-    c.eval.update(every=100, num_prompts=512)
-    if arg == "smoke":
-        preference_smoke(c)
-    elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; use 'smoke' or nothing")
+    c = offline_pairs_config("reward_model", arg, 300, 100, 512, margin=0.0, center_coef=0.01)
     return c

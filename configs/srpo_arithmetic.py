@@ -8,20 +8,10 @@ The revision prompt over the task's alphabet is "<question><draft>\\n<question>"
 "12+34=47\\n12+34=", so the revised answer follows the repeated question.
 """
 
-from jaxrl_llm.train.config import algo_config, base_config, preference_smoke
+from jaxrl_llm.train.config import offline_pairs_config
 
 
 def get_config(arg=None):
-    c = base_config()
-    c.name = "srpo_arithmetic"
-    c.algo = algo_config("srpo", beta=0.1, alpha=0.8, template="{prompt}{draft}\n{prompt}")
+    c = offline_pairs_config("srpo", arg, beta=0.1, alpha=0.8, template="{prompt}{draft}\n{prompt}")
     c.data.max_prompt_len = 32  # the question twice and a draft answer
-    c.train.update(steps=200, batch_size=64)
-    c.optimizer.learning_rate = 1e-4
-    c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
-    c.eval.every = 50
-    if arg == "smoke":
-        preference_smoke(c)
-    elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; use 'smoke' or nothing")
     return c

@@ -10,24 +10,8 @@ Ranking: the exact-match verifier (default), or with ':rm' a reward model (an au
 as in configs/online_dpo_arithmetic.py). ':smoke' (also ':rm,smoke') is the tests' version.
 """
 
-from jaxrl_llm.train.config import algo_config, base_config, preference_smoke, reward_model_source
+from jaxrl_llm.train.config import online_config
 
 
 def get_config(arg=None):
-    parts = set(filter(None, (arg or "").split(",")))
-    if parts - {"rm", "smoke"}:
-        raise ValueError(f"unknown config argument {arg!r}; use 'rm', 'smoke', 'rm,smoke' or nothing")
-    c = base_config()
-    c.name = "superhf_arithmetic"
-    c.algo = algo_config("superhf", num_samples=8, top_k=1, kl_coef=0.35)
-    c.sampling.num_samples = 8
-    c.train.update(steps=100, batch_size=32)
-    c.optimizer.learning_rate = 1e-4
-    c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
-    c.eval.every = 25
-    if "rm" in parts:
-        reward_model_source(c)
-    if "smoke" in parts:
-        preference_smoke(c)
-        c.algo.num_samples = c.sampling.num_samples = 4
-    return c
+    return online_config("superhf", arg, top_k=1, kl_coef=0.35)

@@ -30,7 +30,7 @@ from jaxrl_llm.algorithms.ppo import ppo
 from jaxrl_llm.algorithms.registry import register
 from jaxrl_llm.algorithms.reward_model import reward_model_objective
 from jaxrl_llm.losses.reward import PPO_C_ADJUSTMENTS, ppo_c_rewards
-from jaxrl_llm.rollout.strategies import reward_extras
+from jaxrl_llm.rollout.strategies import sampled_rollout
 from jaxrl_llm.transforms.base import chain, identity
 from jaxrl_llm.types import Algorithm, Objective, Rollout, RolloutStrategy, RolloutTransform, add_metrics
 
@@ -208,22 +208,7 @@ def confidence_sampling(template: str = DEFAULT_TEMPLATE, num_samples: int | Non
             ctx.sampling.pad_id,
         )
         scores = ctx.score(rows, ids, mask, texts, finished)
-        n = len(prompts.prompt_ids)
-        return Rollout(
-            prompt_ids=rows.prompt_ids,
-            prompt_mask=rows.prompt_mask,
-            response_ids=out.response_ids,
-            response_mask=out.response_mask,
-            group_ids=np.repeat(np.arange(n, dtype=np.int32), g),
-            logp_behav=out.logprobs,
-            rewards=scores.rewards,
-            extras={
-                **reward_extras(scores, finished, rows),
-                "prompt_index": np.repeat(np.arange(n, dtype=np.int32), g),
-                CONFIDENCE: confidence,
-                STATED: stated,
-            },
-        )
+        return sampled_rollout(rows, out, scores, finished, g, **{CONFIDENCE: confidence, STATED: stated})
 
     return RolloutStrategy(collect)
 

@@ -138,6 +138,24 @@ def reward_extras(scores: Scores, finished, rows: PromptBatch) -> dict:
     }
 
 
+def sampled_rollout(rows: PromptBatch, out, scores, finished, g: int, **extras) -> Rollout:
+    """The Rollout of G = g samples per prompt (`out`, the sampler's output over `rows`, the
+    prompts repeated g times) scored as `scores`: group ids and extras['prompt_index'] = the
+    prompt of each row, the sampler's log-probs as behaviour log-probs, the reward extras
+    (`reward_extras`) and `extras`."""
+    prompt_index = np.repeat(np.arange(len(rows.prompt_ids) // g, dtype=np.int32), g)
+    return Rollout(
+        prompt_ids=rows.prompt_ids,
+        prompt_mask=rows.prompt_mask,
+        response_ids=out.response_ids,
+        response_mask=out.response_mask,
+        group_ids=prompt_index,
+        logp_behav=out.logprobs,
+        rewards=scores.rewards,
+        extras={**reward_extras(scores, finished, rows), "prompt_index": prompt_index, **extras},
+    )
+
+
 def group_sampling(num_samples: int | None = None, **sampling_overrides) -> RolloutStrategy:
     """The default strategy: G = num_samples (default `sampling.num_samples`) responses per
     prompt, scored by the configured reward sources. Rows b * G + g hold prompt b's samples;
@@ -149,20 +167,7 @@ def group_sampling(num_samples: int | None = None, **sampling_overrides) -> Roll
         rows = prompts.repeat(g)
         completions, finished = ctx.decode(out.response_ids, out.response_mask)
         scores = ctx.score(rows, out.response_ids, out.response_mask, completions, finished)
-        n = len(prompts.prompt_ids)
-        return Rollout(
-            prompt_ids=rows.prompt_ids,
-            prompt_mask=rows.prompt_mask,
-            response_ids=out.response_ids,
-            response_mask=out.response_mask,
-            group_ids=np.repeat(np.arange(n, dtype=np.int32), g),
-            logp_behav=out.logprobs,
-            rewards=scores.rewards,
-            extras={
-                **reward_extras(scores, finished, rows),
-                "prompt_index": np.repeat(np.arange(n, dtype=np.int32), g),
-            },
-        )
+        return sampled_rollout(rows, out, scores, finished, g)
 
     return RolloutStrategy(collect)
 

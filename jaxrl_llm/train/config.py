@@ -63,18 +63,50 @@ def reward_model_source(c: ml_collections.ConfigDict, name: str = "rm") -> ml_co
     return c
 
 
-def online_pairs_config(algo: str, arg: str | None = None, **algo_overrides) -> ml_collections.ConfigDict:
-    """The online-pairs arithmetic job shared by online_dpo / iterative_dpo / apo's configs:
-    the GRPO job's SFT warm-start, 100 steps of 32 prompts x 8 samples ranked by the
-    verifier ('rm' in `arg`: by an auxiliary reward model, `reward_model_source`), β 0.1,
-    max-min pairs, evaluation every 25 steps; 'smoke': the tests' size (4 samples)."""
+def offline_pairs_config(
+    algo: str,
+    arg: str | None = None,
+    steps: int = 200,
+    eval_every: int = 50,
+    eval_prompts: int | None = None,
+    **overrides,
+) -> ml_collections.ConfigDict:
+    """The offline arithmetic-pairs job shared by the preference and reward-model configs
+    (dpo, kto, srpo, reward_model, ppo_m, multi_label_rm): the GRPO job's SFT warm-start, then
+    `steps` steps of 64 pairs (examples) at Adam 1e-4, evaluation every `eval_every` steps (on
+    `eval_prompts` prompts when given); `overrides` are the algorithm's hyper-parameters.
+    `arg`: 'smoke' (`preference_smoke`) or nothing."""
+    if arg not in (None, "", "smoke"):
+        raise ValueError(f"unknown config argument {arg!r}; use 'smoke' or nothing")
+    c = base_config()
+    c.name = f"{algo}_arithmetic"
+    c.algo = algo_config(algo, **overrides)
+    c.train.update(steps=steps, batch_size=64)
+    c.optimizer.learning_rate = 1e-4
+    c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
+    c.eval.every = eval_every
+    if eval_prompts:
+        c.eval.num_prompts = eval_prompts
+    if arg == "smoke":
+        preference_smoke(c)
+    return c
+
+
+def online_config(
+    algo: str, arg: str | None = None, num_samples: int = 8, **overrides
+) -> ml_collections.ConfigDict:
+    """The online arithmetic job shared by online_dpo / iterative_dpo / apo / superhf / cgpo's
+    configs: the GRPO job's SFT warm-start, 100 steps of 32 prompts x `num_samples` samples
+    (the algorithm's own `num_samples` set to the same) ranked or scored by the verifier ('rm'
+    in `arg`: by an auxiliary reward model, `reward_model_source`), Adam 1e-4, evaluation every
+    25 steps; 'smoke': the tests' size (at most 4 samples). `overrides`: hyper-parameters."""
     parts = set(filter(None, (arg or "").split(",")))
     if parts - {"rm", "smoke"}:
         raise ValueError(f"unknown config argument {arg!r}; use 'rm', 'smoke', 'rm,smoke' or nothing")
     c = base_config()
     c.name = f"{algo}_arithmetic"
-    c.algo = algo_config(algo, beta=0.1, num_samples=8, choose="max_min", **algo_overrides)
-    c.sampling.num_samples = 8
+    c.algo = algo_config(algo, **overrides)
+    c.sampling.num_samples = num_samples
     c.train.update(steps=100, batch_size=32)
     c.optimizer.learning_rate = 1e-4
     c.sft.update(steps=3000, target_accuracy=0.3)  # the GRPO job's warm-start
@@ -83,7 +115,9 @@ def online_pairs_config(algo: str, arg: str | None = None, **algo_overrides) -> 
         reward_model_source(c)
     if "smoke" in parts:
         preference_smoke(c)
-        c.algo.num_samples = c.sampling.num_samples = 4
+        c.sampling.num_samples = min(num_samples, 4)
+    if "num_samples" in c.algo:
+        c.algo.num_samples = c.sampling.num_samples
     return c
 
 
