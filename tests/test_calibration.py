@@ -137,6 +137,15 @@ def test_ppo_m_objective_golden():
     np.testing.assert_allclose(loss, 2 * (softplus(0.0) + softplus(0.5)) / 8, atol=1e-6)
 
 
+def test_ppo_m_combined_adds_the_plain_pairs_bradley_terry_term():
+    """'combined': rows (cwh, cwl), (rwl, rwh), (y_w, y_l) of one pair, L = PPO-M + BT(plain)."""
+    records = [{"prompt": "1+1=", "chosen": "2", "rejected": "3"}]
+    rows = confidence_pairs(" #{}", 9.0, 1.0, combined=True)(records)
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("2 #9", "2 #1"), ("3 #1", "3 #9"), ("2", "3")]
+    loss, _ = ppo_m_objective(blocks=3)(*_pair_batch([1.0, 0.5, 2.0], [0.0, 0.0, 0.0]), None)
+    np.testing.assert_allclose(loss, 0.787339 + softplus(-2.0), atol=1e-6)
+
+
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_ppo_m_objective_finite_at_extremes(sign):
     def loss(scores):

@@ -79,11 +79,14 @@ def _check_levels(high: float, low: float) -> None:
         )
 
 
-def confidence_pairs(template: str = DEFAULT_TEMPLATE, high: float = 9.0, low: float = 1.0):
+def confidence_pairs(
+    template: str = DEFAULT_TEMPLATE, high: float = 9.0, low: float = 1.0, combined: bool = False
+):
     """PPO-M's `Algorithm.pair_records`: B pair records (y_w, y_l) -> 2B, the first B
     (y_w + high, y_w + low), then B (y_l + low, y_l + high), `template.format(c)` appended to
     each completion (so it must be encodable by the task's tokenizer; a suffix too long for
-    sampling.max_new_tokens is refused when the batch is built, naming that field)."""
+    sampling.max_new_tokens is refused when the batch is built, naming that field); with
+    `combined` the B plain pairs follow (3B rows)."""
     confidence_pattern(template)
     _check_levels(high, low)
     high_phrase, low_phrase = template.format(_number(high)), template.format(_number(low))
@@ -96,12 +99,12 @@ def confidence_pairs(template: str = DEFAULT_TEMPLATE, high: float = 9.0, low: f
             {**r, "chosen": r["rejected"] + low_phrase, "rejected": r["rejected"] + high_phrase}
             for r in records
         ]
-        return from_chosen + from_rejected
+        return from_chosen + from_rejected + (list(records) if combined else [])
 
     return pair_records
 
 
-def ppo_m_objective(margin: float = 0.0) -> Objective:
+def ppo_m_objective(margin: float = 0.0, blocks: int = 2) -> Objective:
     """PPO-M's loss on a batch of `confidence_pairs`: each of its 2B rows is a (preferred,
     dispreferred) pair, so
 
@@ -109,7 +112,8 @@ def ppo_m_objective(margin: float = 0.0) -> Objective:
           = 2 · sequence_mean over the 2B rows of `bradley_terry_loss(r_first, r_second, m)`
 
     which is the mean over pairs of `losses.reward.ppo_m_loss` (the two terms of a pair may sit
-    in different micro-batches: the sum is the same). outputs.scores: [4B] (the rows' first
+    in different micro-batches: the sum is the same). With blocks = 3 (`combined`) the third
+    block is the plain pairs and L gains their Bradley–Terry term: 3 · the row mean. outputs.scores: [4B] (the rows' first
     completions, then their second). Metrics: those of `reward_model_objective` over the 2B
     rows; 'accuracy' is the official "confidence accuracy", the mean of 1[r(cwh) > r(cwl)]
     and 1[r(rwl) > r(rwh)]."""
@@ -117,14 +121,18 @@ def ppo_m_objective(margin: float = 0.0) -> Objective:
 
     def objective(outputs, batch, state):
         loss, metrics = bradley_terry(outputs, batch, state)
-        return 2.0 * loss, metrics
+        return blocks * loss, metrics
 
     return objective
 
 
 @register("ppo_m")
 def ppo_m(
-    template: str = DEFAULT_TEMPLATE, high: float = 9.0, low: float = 1.0, margin: float = 0.0
+    template: str = DEFAULT_TEMPLATE,
+    high: float = 9.0,
+    low: float = 1.0,
+    margin: float = 0.0,
+    combined: bool = False,
 ) -> Algorithm:
     """PPO-M's calibrated reward model (arXiv 2410.09724, the official "version 5", `--loss
     sigmoid` of `crm_trainer.py` with `PairWiseLoss`): for each preference pair (x, y_w, y_l),
@@ -143,15 +151,17 @@ def ppo_m(
     Defaults: m = 0 (the official margin loss is off by default); template " Confidence: {}"
     (the paper's phrase). high = 9 and low = 1 are assumptions: the paper's data gives each
     pair its own high and low confidences, whose distribution is not confirmed here; fixed
-    values are used. Not reproduced: the official variants 'combined' (+ the plain pair's BT
-    term), 'variant_1' (+ cwh vs rwl) and the K-wise listwise loss.
+    values are used. `combined` is the official 'combined' variant, + −log σ(r(x, y_w) −
+    r(x, y_l) − m) of the plain pair (the ranking kept while calibrating; 3B rows, and
+    'accuracy' then also counts the plain pairs). Not reproduced: 'variant_1' (+ cwh vs rwl)
+    and the K-wise listwise loss.
     """
     return Algorithm(
         data="preference",
         transform=identity(),
-        objective=ppo_m_objective(margin),
+        objective=ppo_m_objective(margin, 3 if combined else 2),
         head="reward",
-        pair_records=confidence_pairs(template, high, low),
+        pair_records=confidence_pairs(template, high, low, combined),
     )
 
 
