@@ -11,9 +11,10 @@ several seeds: the table of experiments/README.md ("Preference methods").
    labelled): `configs/dpo_arithmetic.py`'s budget, `--steps` steps of 64 pairs (KTO: 64
    examples), Adam 1e-4, each method's defaults except `SETTINGS`. TGDPO's token-level reward
    model is the seed's DPO run (its final checkpoint); MODPO's margin model is the reward model
-   `--rm` (an HF reward-model directory, e.g. experiments/reward_model.py's export).
+   `--rm` (an HF reward-model directory, e.g. experiments/reward_model.py's export). SRPO
+   (`configs/srpo_arithmetic.py`) trains on three rows per pair (answer, and revise each draft).
 3. Online methods (`configs/<method>_arithmetic.py`: online DPO, iterative DPO and APO in 3
-   rounds of 17 steps, SuperHF): the algorithms table's RL budget, `--online_steps` steps of 32
+   rounds of 17 steps, SuperHF, BRAIn): the algorithms table's RL budget, `--online_steps` steps of 32
    prompts x 8 samples, ranked by the exact-match verifier (Adam 1e-4, the configs' rate).
 4. The matched control: `sft` on the chosen answers (the correct ones), the offline budget:
    CPO, ORPO and RPO add an NLL term on exactly those answers.
@@ -39,10 +40,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import algorithms_table  # noqa: E402
 import reward_model as rm_experiment  # noqa: E402
 
-OFFLINE = ("dpo", "ipo", "simpo", "cpo", "orpo", "rpo", "flex_dpo", "kto", "tgdpo", "modpo")
-ONLINE = ("online_dpo", "iterative_dpo", "apo", "superhf")
+OFFLINE = ("dpo", "ipo", "simpo", "cpo", "orpo", "rpo", "flex_dpo", "kto", "tgdpo", "modpo", "srpo")
+ONLINE = ("online_dpo", "iterative_dpo", "apo", "superhf", "brain")
 CONTROL = ("sft",)  # supervised on the chosen (correct) answers, the same budget: the matched control
-CONFIGS = {m: f"{m}_arithmetic" for m in ("kto",) + ONLINE}
+CONFIGS = {m: f"{m}_arithmetic" for m in ("kto", "srpo") + ONLINE}
 # Hyper-parameters that differ from the defaults: Flex-DPO's defaults are DPO, so its row uses
 # the paper's reading β_l < β_w; iterative DPO and APO run 3 rounds of the online budget.
 SETTINGS = {
@@ -58,7 +59,8 @@ def run_config(method: str, seed: int, warm: str, args):
     config.data.data_dir = args.data_dir
     config.model.checkpoint = warm
     config.sft.steps = 0
-    config.algo = {"name": method, **SETTINGS.get(method, {})}
+    own = dict(config.algo) if method in CONFIGS else {}  # a method's own config keeps its fields
+    config.algo = {**own, "name": method, **SETTINGS.get(method, {})}
     if method in ONLINE:
         config.algo.num_samples = config.sampling.num_samples
     steps = args.online_steps if method in ONLINE else args.steps
