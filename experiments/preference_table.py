@@ -40,10 +40,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import algorithms_table  # noqa: E402
 import reward_model as rm_experiment  # noqa: E402
 
-OFFLINE = ("dpo", "ipo", "simpo", "cpo", "orpo", "rpo", "flex_dpo", "kto", "tgdpo", "modpo", "srpo")
+OFFLINE = (
+    "dpo",
+    "ipo",
+    "simpo",
+    "cpo",
+    "orpo",
+    "rpo",
+    "flex_dpo",
+    "kto",
+    "tgdpo",
+    "modpo",
+    "srpo",
+    "mah_dpo",
+)
 ONLINE = ("online_dpo", "iterative_dpo", "apo", "superhf", "brain")
 CONTROL = ("sft",)  # supervised on the chosen (correct) answers, the same budget: the matched control
-CONFIGS = {m: f"{m}_arithmetic" for m in ("kto", "srpo") + ONLINE}
+CONFIGS = {m: f"{m}_arithmetic" for m in ("kto", "srpo", "mah_dpo") + ONLINE}
 # Hyper-parameters that differ from the defaults: Flex-DPO's defaults are DPO, so its row uses
 # the paper's reading β_l < β_w; iterative DPO and APO run 3 rounds of the online budget.
 SETTINGS = {
@@ -76,6 +89,7 @@ def run_config(method: str, seed: int, warm: str, args):
 
 def train_one(method: str, seed: int, warm: str, args) -> dict:
     from jaxrl_llm.models.hf import load_checkpoint
+    from jaxrl_llm.train.builders import with_lm_heads
     from jaxrl_llm.train.trainer import Trainer
 
     config = run_config(method, seed, warm, args)
@@ -85,7 +99,9 @@ def train_one(method: str, seed: int, warm: str, args) -> dict:
     summary = trainer.fit()
     wall = time.perf_counter() - t0
     after = summary["main_after"]
-    _, ref_params = load_checkpoint(warm)
+    warm_config, ref_params = load_checkpoint(warm)
+    # a multi-head policy (MAH-DPO): its reference is the warm-start's head in every head
+    ref_params = with_lm_heads(warm_config, ref_params, trainer.model_config.lm_heads)[1]
     pairs = trainer.evaluator._preference_accuracy(trainer.final_state.params, ref_params, "test")
     return {
         "method": method,

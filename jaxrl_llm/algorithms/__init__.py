@@ -12,6 +12,7 @@ from jaxrl_llm.algorithms import (  # noqa: F401  (registers the factories)
     grpo,
     gspo,
     kto,
+    mah_dpo,
     multi_label,
     online,
     ppo,

@@ -438,7 +438,8 @@ def preference_dataset(
     records (dicts with the texts 'prompt', 'chosen', 'rejected', and 'index', 'answer') are
     replaced by what it returns before they are encoded, so B records may give another number
     of rows (PPO-M: 2B). Records it gives an int 'group' become `group_ids` [rows]: the rows of
-    one group stay in one micro-batch for an algorithm with `whole_groups` (SRPO).
+    one group stay in one micro-batch for an algorithm with `whole_groups` (SRPO); an int
+    'head' becomes `head_ids` [rows], the LM head of a multi-head policy each row trains (MAH-DPO).
     """
     fmt = _format_for(source, "preference")
     if fmt == "pairs":
@@ -467,8 +468,9 @@ def preference_dataset(
             rejected, batch["index"], tokenizer, max_target_len
         )
         batch["chosen"], batch["rejected"] = np.array(chosen, dtype=str), np.array(rejected, dtype=str)
-        if "group" in records[0]:  # rows a pair_records made together (SRPO's three per pair)
-            batch["group_ids"] = np.array([r["group"] for r in records], np.int32)
+        for field, key in (("group", "group_ids"), ("head", "head_ids")):  # from a pair_records
+            if field in records[0]:
+                batch[key] = np.array([r[field] for r in records], np.int32)
         return batch
 
     return _stream(
@@ -888,7 +890,7 @@ def preference_parts(
     """(prompt, fields) of one record of TRL's preference formats, every field checked; needs
     no tokenizer (the prompt is not rendered yet: a text or a message list):
     fmt 'pairs' -> fields {"chosen", "rejected"} (texts; chosen and rejected must hold the same
-    prompt), 'unpaired' -> {"completion": text, "label": 1.0 | 0.0}, 'scored' ->
+    prompt; and "objective", an int, when the record has one), 'unpaired' -> {"completion": text, "label": 1.0 | 0.0}, 'scored' ->
     {"completion": text, "labels": K floats in [0, 1]} (`parse_labels` with `num_labels` and
     `label_range`).
     Raises DatasetFieldError naming the record (index) and what is wrong with it."""
@@ -902,7 +904,16 @@ def preference_parts(
                 f"record {index}: 'chosen' and 'rejected' hold different prompts ({str(prompt)[:100]!r} vs "
                 f"{str(other)[:100]!r}); a pair shares one prompt; {_FIX}"
             )
-        return prompt, {"chosen": chosen, "rejected": rejected}
+        fields = {"chosen": chosen, "rejected": rejected}
+        if "objective" in record:  # the objective of the pair (MAH-DPO's head), an int
+            value = str(record["objective"]).strip()
+            if not value.isdigit():
+                raise DatasetFieldError(
+                    f"record {index}: 'objective' must be a non-negative integer (the pair's objective), "
+                    f"got {record['objective']!r}; {_FIX}"
+                )
+            fields["objective"] = int(value)
+        return prompt, fields
     prompt, completion = conversation_parts(record, "completion", index)
     if fmt == "scored":
         if "labels" not in record:

@@ -101,6 +101,11 @@ class TransformerConfig:
       num_labels: K, the outputs of the reward head (`RewardModel`; HF `num_labels` of
         `*ForSequenceClassification`): 1 a scalar reward model (scores [B]), K > 1 a multi-label
         one (scores [B, K], one per aspect). The other heads ignore it.
+      lm_heads: H, the policy's LM heads on one trunk (MAH-DPO, `CausalLM`): 1 a plain causal
+        LM; H > 1 an `lm_head` [H, D, V] whose rows train per objective (a row's head in
+        `extras['head_ids']`) and mix at inference, logits = Σ_k w̄_k (W_k h) with
+        w̄ = head_weights / Σ head_weights (None: equal). Needs untied embeddings.
+      head_weights: the H inference mixing weights (None: equal), e.g. a user's preference.
     """
 
     vocab_size: int
@@ -131,6 +136,8 @@ class TransformerConfig:
     remat: str = "none"
     lora: LoraConfig | None = None
     num_labels: int = 1
+    lm_heads: int = 1
+    head_weights: tuple[float, ...] | None = None
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -159,6 +166,21 @@ class TransformerConfig:
                 f"model.num_labels={self.num_labels!r} must be a positive integer (the reward head's "
                 "outputs: 1 for a scalar reward model, K for K aspect scores)."
             )
+        if not isinstance(self.lm_heads, int) or self.lm_heads < 1:
+            raise ValueError(f"model.lm_heads={self.lm_heads!r} must be a positive integer (LM heads).")
+        if self.lm_heads > 1 and self.tie_embeddings:
+            raise ValueError(
+                f"model.lm_heads={self.lm_heads} needs untied embeddings (tie_embeddings=False): each "
+                "head is its own matrix"
+            )
+        if self.head_weights is not None:
+            w = tuple(float(x) for x in self.head_weights)
+            if len(w) != self.lm_heads or min(w) < 0 or sum(w) <= 0:
+                raise ValueError(
+                    f"model.head_weights={self.head_weights!r} must be {self.lm_heads} non-negative numbers "
+                    f"(one per LM head, model.lm_heads={self.lm_heads}) with a positive sum"
+                )
+            object.__setattr__(self, "head_weights", w)
         if self.remat not in REMAT_POLICIES:
             raise ValueError(
                 f"model.remat={self.remat!r} is not a remat policy; use one of {REMAT_POLICIES}."
@@ -179,7 +201,7 @@ class TransformerConfig:
         if self.qk_norm:
             attn += 2 * dh
         layer = attn + 3 * d * f + 2 * d
-        head = 0 if self.tie_embeddings else d * self.vocab_size
+        head = 0 if self.tie_embeddings else self.lm_heads * d * self.vocab_size
         return self.vocab_size * d + self.num_layers * layer + d + head
 
 

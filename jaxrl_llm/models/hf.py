@@ -9,6 +9,7 @@ and never unpickles anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -239,6 +240,11 @@ def save_checkpoint(
     if config.lora is not None:
         params = lora.merge_adapters(config, params)
     params = jax.device_get(params)
+    if config.lm_heads > 1:  # MAH-DPO: the mixture Σ_k w̄_k W_k, the policy it samples from
+        w = np.asarray(config.head_weights or (1.0,) * config.lm_heads, np.float64)
+        mixed = np.einsum("k,kdv->dv", w / w.sum(), np.asarray(params["lm_head"], np.float64))
+        params = {**params, "lm_head": mixed.astype(np.asarray(params["lm_head"]).dtype)}
+        config = dataclasses.replace(config, lm_heads=1, head_weights=None)
     tensors = {
         hf_name: np.ascontiguousarray(to_hf(np.asarray(_get(params, our_path))))
         for hf_name, our_path, _, to_hf in _tensor_map(config, head)

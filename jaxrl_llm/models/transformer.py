@@ -577,14 +577,29 @@ class CausalLM(nn.Module):
     def setup(self):
         cfg = self.config
         self.trunk = Transformer(cfg)
-        if not cfg.tie_embeddings:
+        if cfg.lm_heads > 1:  # MAH-DPO: [H, D, V]
+            shape, axes = (cfg.lm_heads, cfg.d_model, cfg.vocab_size), (None, "embed", "vocab")
+            self.lm_head = _param(self, "lm_head", shape, axes, cfg)
+        elif not cfg.tie_embeddings:
             self.lm_head = _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg)
 
-    def logits(self, hidden):
-        """hidden [..., D] -> logits [..., V] in float32."""
-        dtype = jnp.dtype(self.config.dtype)
-        if self.config.tie_embeddings:
+    def logits(self, hidden, heads=None):
+        """hidden [..., D] -> logits [..., V] in float32. With config.lm_heads = H > 1: `heads`
+        [B] int (row b's head, hidden [B, ...]) picks each row's head; None mixes the heads,
+        Σ_k w̄_k W_k (the inference policy: sampling, evaluation, export)."""
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        if cfg.tie_embeddings:
             head = self.trunk.embedding().astype(dtype).T
+        elif cfg.lm_heads > 1:
+            weights = jnp.asarray(cfg.head_weights or (1.0,) * cfg.lm_heads, jnp.float32)
+            heads_w = self.lm_head.astype(jnp.float32)
+            if heads is not None:
+                rows = heads_w[heads].astype(dtype)  # [B, D, V]
+                logits = jnp.einsum("b...d,bdv->b...v", hidden.astype(dtype), rows)
+                axes = ("batch", "length")[: logits.ndim - 1] + ("vocab",)
+                return nn.with_logical_constraint(logits, axes).astype(jnp.float32)
+            head = jnp.einsum("k,kdv->dv", weights / weights.sum(), heads_w).astype(dtype)
         else:
             head = self.lm_head.astype(dtype)
         logits = _dense(hidden.astype(dtype), head)

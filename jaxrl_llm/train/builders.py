@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -16,6 +18,8 @@ from jaxrl_llm.models.transformer import init_params
 from jaxrl_llm.rewards import get_reward
 
 MODEL_SHAPE_FIELDS = (
+    "lm_heads",
+    "head_weights",
     "d_model",
     "num_layers",
     "num_heads",
@@ -52,6 +56,9 @@ def build_model(config) -> tuple[TransformerConfig, dict, Tokenizer]:
     if m.checkpoint:
         num_labels = m.get("num_labels", 1)
         model_config, params = load_checkpoint(m.checkpoint, dtype=m.dtype, num_labels=num_labels, **memory)
+        model_config, params = with_lm_heads(
+            model_config, params, m.get("lm_heads", 1), m.get("head_weights")
+        )
         tokenizer = load_tokenizer(m.checkpoint)
     else:
         tokenizer = char_tokenizer(config.tokenizer.alphabet)
@@ -63,6 +70,22 @@ def build_model(config) -> tuple[TransformerConfig, dict, Tokenizer]:
             f"embeddings: checkpoint {m.checkpoint!r} and its tokenizer do not belong together"
         )
     return model_config, params, tokenizer
+
+
+def with_lm_heads(model_config: TransformerConfig, params, lm_heads: int, head_weights=None):
+    """(config, params) of a checkpoint's causal LM with `lm_heads` LM heads (MAH-DPO): H > 1
+    copies its `lm_head` [D, V] H times ([H, D, V]: identical heads, so the model is unchanged
+    and, as the reference, every head's reference is the SFT head). params may be None (the
+    config only). H = 1: unchanged."""
+    if lm_heads == 1 and head_weights is None:
+        return model_config, params
+    model_config = dataclasses.replace(model_config, lm_heads=lm_heads, head_weights=head_weights)
+    if params is not None and "lm_head" in params and params["lm_head"].ndim == 2:
+        params = {
+            **params,
+            "lm_head": jnp.broadcast_to(params["lm_head"], (lm_heads, *params["lm_head"].shape)) + 0,
+        }
+    return model_config, params
 
 
 def _random_model_config(m, tokenizer: Tokenizer, dtype: str, **memory) -> TransformerConfig:
@@ -104,7 +127,8 @@ def model_config_from_run(run_dir: str, dtype: str | None = None) -> Transformer
                 "gives the shape of its checkpoints)"
             )
         with open(hf_path) as f:
-            return from_hf_config(json.load(f), dtype=dtype, lora=lora, num_labels=m.get("num_labels", 1))
+            hf = from_hf_config(json.load(f), dtype=dtype, lora=lora, num_labels=m.get("num_labels", 1))
+        return with_lm_heads(hf, None, m.get("lm_heads", 1), m.get("head_weights"))[0]
     return _random_model_config(m, char_tokenizer(config.tokenizer.alphabet), dtype, lora=lora)
 
 

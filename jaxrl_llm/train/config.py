@@ -145,6 +145,10 @@ def base_config() -> ml_collections.ConfigDict:
             # Outputs of the reward head (a reward-model phase; HF num_labels): 1 a scalar reward
             # model, K > 1 one score per aspect (multi_label_rm; K = the records' labels).
             num_labels=1,
+            # LM heads of the policy on one trunk (mah_dpo: one per objective; a checkpoint's head
+            # is copied), mixed at inference by head_weights (None: equal).
+            lm_heads=1,
+            head_weights=config_dict.placeholder(tuple),
             # Memory savers (README "Memory: remat and LoRA"). remat: 'none' | 'full' | 'dots'
             # (recompute each block's activations in the backward pass; 'dots' keeps matmul outputs).
             remat="none",

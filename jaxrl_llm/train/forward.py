@@ -31,6 +31,7 @@ def policy_outputs(
     group_size: int = 1,
     kl_params=None,
     kl_direction: str = "forward",
+    heads=None,
 ) -> ModelOutputs:
     """log pi(y_t | x, y_<t) and the entropy of pi(. | x, y_<t) at every response position.
 
@@ -48,6 +49,8 @@ def policy_outputs(
     kl_params: another model of the same shape (the frozen reference), run at the same
     positions without gradient: `kl` [B, T] is then the exact KL between the full next-token
     distributions (`full_kl`), 'forward' KL(π_other ‖ π) or 'reverse' KL(π ‖ π_other).
+
+    heads: [B] int, each row's LM head (config.lm_heads > 1, MAH-DPO), or None (the mixture).
     """
     p, t = prompt_ids.shape[1], response_ids.shape[1]
     model = CausalLM(config)
@@ -68,7 +71,7 @@ def policy_outputs(
                 )
                 last = jnp.repeat(prompt_hidden[:, -1:], group_size, axis=0)  # predicts y_0
                 hidden = jnp.concatenate([last, hidden], axis=1)
-            return module.logits(hidden)
+            return module.logits(hidden, heads)
 
         def logits_of(params, rng):
             args = (prompts, prompts_mask, response_ids, response_mask)
@@ -78,7 +81,7 @@ def policy_outputs(
 
         def forward(module, tokens, mask):
             hidden, _ = module.trunk(tokens, positions_from_mask(mask), mask)
-            return module.logits(hidden[:, p - 1 : p + t - 1])
+            return module.logits(hidden[:, p - 1 : p + t - 1], heads)
 
         def logits_of(params, rng):
             return model.apply({"params": params}, tokens, mask, method=forward, rngs=_rngs(rng))
@@ -132,6 +135,9 @@ def _rows(batch):
     return batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
 
 
+HEAD_IDS = "head_ids"  # batch.extras: each row's LM head [B] (a multi-head policy, MAH-DPO)
+
+
 def batch_policy_outputs(
     config,
     params,
@@ -143,9 +149,16 @@ def batch_policy_outputs(
     kl_direction: str = "forward",
 ) -> ModelOutputs:
     """`policy_outputs` for a Rollout (`group_size` as there), or for a PreferenceBatch's chosen
-    rows then rejected rows in one forward ([2B, T]); `kl_params` as there."""
+    rows then rejected rows in one forward ([2B, T]); `kl_params` as there. A multi-head policy
+    (config.lm_heads > 1) scores each row with its head `extras['head_ids']` when the batch
+    has them (MAH-DPO's pairs), else with the heads' mixture."""
     g = 1 if isinstance(batch, PreferenceBatch) else group_size
-    return policy_outputs(config, params, *_rows(batch), temperature, dropout_rng, g, kl_params, kl_direction)
+    heads = batch.extras.get(HEAD_IDS) if config.lm_heads > 1 else None
+    if heads is not None and isinstance(batch, PreferenceBatch):  # the chosen rows, then the rejected
+        heads = jnp.concatenate([heads, heads])
+    return policy_outputs(
+        config, params, *_rows(batch), temperature, dropout_rng, g, kl_params, kl_direction, heads
+    )
 
 
 def batch_reward_outputs(config, params, batch, dropout_rng=None) -> ModelOutputs:

@@ -262,7 +262,7 @@ def data_batch(kind: str, batch_np: dict):
         rejected_mask=batch_np["rejected_mask"],
         extras={"label": batch_np["label"]}
         if kind == "unpaired"
-        else {k: batch_np[k] for k in ("group_ids",) if k in batch_np},
+        else {k: batch_np[k] for k in ("group_ids", "head_ids") if k in batch_np},
     )
 
 
