@@ -23,4 +23,5 @@ from jaxrl_llm.train.config import offline_pairs_config
 def get_config(arg=None):
     c = offline_pairs_config("multi_label_rm", arg, 300, 100, 512)
     c.model.num_labels = len(ASPECTS)
+    c.sampling.max_new_tokens = 7  # a 4-digit answer + a 2-character suffix (" 0") + EOS
     return c
