@@ -186,6 +186,7 @@ def run_dapo(workdir, data_dir, kill_after_step=None):
     return run_script(KILL_SCRIPT, workdir, data_dir, ROOT, sleep, kill_after_step=kill_after_step)
 
 
+@pytest.mark.slow  # ~30 s; SIGKILL/rerun stays in the default suite through test_replay and test_checkpoint_faults
 @pytest.mark.filterwarnings("ignore")
 def test_dapo_sigkill_then_rerun_continues_the_same_trajectory(tfds_dir, tmp_path):
     """Dynamic sampling draws extra prompts by (step, round): a run killed mid-way and rerun

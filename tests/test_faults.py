@@ -500,7 +500,10 @@ def run_with_faults(workdir, data_dir, points):
 
 @pytest.mark.parametrize(
     "points",
-    [pytest.param(FAST_POINTS, id="3-points"), pytest.param(ALL_POINTS, id="all", marks=pytest.mark.slow)],
+    [
+        pytest.param(FAST_POINTS, id="3-points", marks=pytest.mark.slow),  # ~30 s
+        pytest.param(ALL_POINTS, id="all", marks=pytest.mark.slow),
+    ],
 )
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_killed_at_many_points_ends_bit_identical_with_every_line_once(reference, tfds_dir, tmp_path, points):

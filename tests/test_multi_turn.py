@@ -157,6 +157,7 @@ app.run(entry.main)
 """
 
 
+@pytest.mark.slow  # ~30 s; SIGKILL/rerun stays in the default suite through test_replay and test_checkpoint_faults
 @pytest.mark.filterwarnings("ignore")
 def test_sigkill_then_rerun_is_bit_identical(tfds_dir, tmp_path):
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")

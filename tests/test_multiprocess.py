@@ -148,6 +148,7 @@ def final_state(workdir) -> dict:
     return checkpointer.restore(path, abstract)
 
 
+@pytest.mark.slow  # ~80 s of two-process runs: `python -m pytest -m slow tests/test_multiprocess.py`
 @pytest.mark.filterwarnings("ignore")
 def test_two_processes_stop_resume_and_equal_one_process(tfds_dir, tmp_path):
     prepare_arithmetic("add3_fixed", tfds_dir)  # once, before processes that would race on it
